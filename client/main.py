@@ -23,7 +23,12 @@ from client.errors import ConfigError, RedisToolkitError
 __all__ = ["Mode", "load_modes", "main"]
 
 ENTRY_POINT_GROUP = "redis_client.modes"
-_FALLBACK = {"tunn": "tunnel.main:MODE", "cli": "client.shell:MODE", "fill": "fill.main:MODE"}
+_FALLBACK = {
+    "tunn": "tunnel.main:MODE",
+    "cli": "client.shell:MODE",
+    "fill": "fill.main:MODE",
+    "azure": "client.azure:MODE",
+}
 
 
 @dataclass(frozen=True)
