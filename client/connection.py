@@ -154,16 +154,36 @@ async def open_authenticated_stream(
     return stream
 
 
+_PUBSUB = frozenset(
+    {b"subscribe", b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe", b"sunsubscribe"}
+)
+
+
+def _confirms(push: Push) -> bool:
+    """Whether a RESP3 push is a (un)subscribe confirmation (the "reply" to that command)."""
+    return bool(push) and isinstance(push[0], bytes) and push[0].lower() in _PUBSUB
+
+
 class _Pending:
-    """One batch of expected replies; completed by the reader task."""
+    """One batch of expected replies; completed by the reader task.
 
-    __slots__ = ("count", "done", "error", "values")
+    ``pubsub`` marks a (un)subscribe command: in RESP3 its reply is a push frame, so the first
+    confirmation push completes it; further confirmations (one per channel) go to the push
+    channel like any other message.
+    """
 
-    def __init__(self, count: int) -> None:
+    __slots__ = ("count", "done", "error", "pubsub", "values")
+
+    def __init__(self, count: int, pubsub: bool = False) -> None:
         self.count = count
+        self.pubsub = pubsub
         self.values: list[RespValue] = []
         self.error: RedisToolkitError | None = None
         self.done = trio.Event()
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 class Connection:
@@ -199,8 +219,15 @@ class Connection:
     # -- API -------------------------------------------------------------------------------
 
     async def request(self, *args: Arg) -> RespValue:
-        """Send one command; return its reply (an error reply comes back as ``ErrorReply``)."""
-        return (await self.send_encoded(encode_command(*args), 1))[0]
+        """Send one command; return its reply (an error reply comes back as ``ErrorReply``).
+
+        For SUBSCRIBE and the like the reply is the first confirmation; the messages, and the
+        confirmations of further channels, come from :meth:`next_push`. In RESP2, wait for
+        those confirmations before sending other commands on the same connection.
+        """
+        name = args[0] if args else b""
+        pubsub = isinstance(name, bytes | str) and _as_bytes(name).lower() in _PUBSUB
+        return (await self.send_encoded(encode_command(*args), 1, pubsub=pubsub))[0]
 
     async def execute(self, *args: Arg) -> RespValue:
         """Send one command; return its reply, raising :class:`ReplyError` for an error."""
@@ -216,7 +243,9 @@ class Connection:
         data = b"".join(encode_command(*c) for c in commands)
         return await self.send_encoded(data, len(commands))
 
-    async def send_encoded(self, data: bytes, count: int) -> list[RespValue]:
+    async def send_encoded(
+        self, data: bytes, count: int, *, pubsub: bool = False
+    ) -> list[RespValue]:
         """Send pre-encoded commands that produce ``count`` replies; return the replies."""
         if self._broken is not None:
             raise self._broken
@@ -225,7 +254,7 @@ class Connection:
             await self._drained.wait()
             if self._broken is not None:
                 raise self._broken
-        pending = _Pending(count)
+        pending = _Pending(count, pubsub)
         self._pending.append(pending)
         self._out += data
         self._have_output.set()
@@ -238,6 +267,18 @@ class Connection:
         """The next unsolicited message (RESP3 push, or a RESP2 pub/sub message)."""
         try:
             return await self._push_receive.receive()
+        except trio.EndOfChannel:
+            raise self._broken or ConnectionLost(f"connection to {self.address} closed") from None
+
+    def next_push_nowait(self) -> RespValue:
+        """The next unsolicited message if one is waiting.
+
+        Raises:
+            trio.WouldBlock: nothing is waiting.
+            ConnectionLost: the connection is closed and nothing is left.
+        """
+        try:
+            return self._push_receive.receive_nowait()
         except trio.EndOfChannel:
             raise self._broken or ConnectionLost(f"connection to {self.address} closed") from None
 
@@ -275,7 +316,9 @@ class Connection:
                     value = parser.next_value()
                     if value is NEED_DATA:
                         break
-                    if isinstance(value, Push) or not pending:
+                    if not pending or (
+                        isinstance(value, Push) and not (pending[0].pubsub and _confirms(value))
+                    ):
                         self._deliver_push(value)
                         continue
                     head = pending[0]

@@ -222,3 +222,18 @@ async def test_refused_port_is_one_clear_line() -> None:
         await open_authenticated_stream(ServerOptions(host="127.0.0.1", port=port))
     assert "connection refused" in str(info.value)
     assert f"127.0.0.1:{port}" in str(info.value)
+
+
+async def test_pushes_are_delivered_without_blocking_replies(redis_plain: Any) -> None:
+    opts = plain_opts(redis_plain)
+    async with open_connection(opts, protocol=3) as sub, open_connection(opts) as pub:
+        await sub.execute("SUBSCRIBE", "conn:chan")  # RESP3: the confirmation is a push
+        with pytest.raises(trio.WouldBlock):
+            while True:  # drain the subscribe confirmation(s)
+                sub.next_push_nowait()
+        assert await pub.execute("PUBLISH", "conn:chan", "hello") == 1
+        with trio.fail_after(5):
+            message = await sub.next_push()
+        assert list(message) == [b"message", b"conn:chan", b"hello"]  # type: ignore[arg-type]
+        # Replies and pushes interleave on one connection without mixing up.
+        assert await sub.execute("PING") == b"PONG"
