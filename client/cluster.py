@@ -27,9 +27,48 @@ connection lost            refresh; retry only a read-only command (flag ``reado
                            else raise :class:`~client.errors.ConnectionLost`: a write may
                            or may not have run, and running it twice could be wrong
 slot without owner         send to any master: it answers MOVED or CLUSTERDOWN
+*on a replica (reads):*
+``-MOVED`` (from replica)  exactly as from a master: patch the map, refresh, and read from
+                           a replica of the node named (or from it, see ``read_from``)
+``-LOADING`` (replica)     the replica leaves the rotation; retry at once elsewhere
+connect failure /          the replica leaves the rotation; retry at once on another
+connection lost            replica, or on the master (``prefer-replica``); ``replica`` with
+                           none left raises :class:`~client.replicas.NoReplicaError`
 ========================  ==============================================================
 
 At most ``max_redirects`` MOVED/ASK hops per command; past that the last redirect is the reply.
+
+Replica reads. ``read_from`` (per client, or per call on :meth:`ClusterClient.request`,
+:meth:`~ClusterClient.execute`, :meth:`~ClusterClient.request_routed` and
+:meth:`~ClusterClient.node_for_args`) is ``master`` (default), ``replica`` or
+``prefer-replica`` (:mod:`client.replicas` has the policy, the choice of replica and the
+health state machine). Only commands whose command-table entry has the ``readonly`` flag go
+to replicas; everything else (writes, admin, unknown commands) goes to the master, and ASK
+always goes to the node named. Reads run on separate pools of connections that sent
+``READONLY`` after the login (the pools for masters never do, so a master that was demoted
+answers MOVED instead of serving stale data to a ``master`` read). Among a shard's healthy
+replicas the one with the fewest reads in flight wins, ties round robin. A replica joins the
+rotation after an ``INFO replication`` + ``INFO persistence`` probe passes (link up, not
+loading, not syncing); at start-up with a replica policy every replica is probed before
+:func:`open_cluster` yields, and every topology refresh re-checks them. A failed replica is
+re-probed with backoff (0.5 s doubling to 15 s) by a background task; ``replica`` reads wait
+for a probe in progress rather than fail while one runs (bounded by ``refresh_timeout``).
+
+A replica that stops answering (SIGSTOP, a hung host):
+
+* new reads leave it once its oldest read in flight is older than ``refresh_timeout`` (a
+  read abandoned by its caller stays counted until a PING behind it on the same connection
+  answers), or once a probe gets no answer in ``refresh_timeout``; they go to another
+  replica, to the master (``prefer-replica``) or fail with
+  :class:`~client.replicas.NoReplicaError` (``replica``);
+* reads already sent to it wait, like any command, until the caller's deadline
+  (``trio.fail_after``), or until a probe of that replica goes unanswered for
+  ``refresh_timeout``: the client then drops its READONLY connections to it and those reads
+  are retried elsewhere (read-only commands only ever go to replicas, so this is safe).
+  Probes of a replica in the rotation run with each topology refresh, and a stalled replica
+  is probed 0.5 s after it leaves the rotation; so without a caller deadline a read waits at
+  most about ``refresh_interval`` + 2 x ``refresh_timeout`` (with ``refresh_interval`` 0
+  and no other reads to notice the stall, until the caller's deadline).
 
 Refresh. Any number of concurrent :meth:`ClusterClient.refresh` calls share one background
 refresh task: a refresh started while another runs waits for it. A refresh asks the known
@@ -54,6 +93,7 @@ seed host.
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -72,6 +112,15 @@ from client.errors import (
     UnroutableError,
 )
 from client.options import ServerOptions
+from client.replicas import (
+    NoReplicaError,
+    Probe,
+    ProbeVerdict,
+    ReadFrom,
+    ReplicaTracker,
+    parse_read_from,
+    read_probe,
+)
 from client.resp import encode_command
 from client.slots import key_slot
 from client.tasks import open_service_nursery
@@ -88,6 +137,10 @@ from client.values import ErrorReply, RespValue
 __all__ = ["ClusterClient", "ClusterStatistics", "open_cluster"]
 
 _ASKING = encode_command(b"ASKING")
+_PING = encode_command(b"PING")
+_PROBE = encode_command(b"INFO", b"replication") + encode_command(b"INFO", b"persistence")
+#: Error replies from a replica that do not count as a read it served.
+_NOT_SERVED = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "LOADING"})
 _RETRY_KINDS = frozenset({"TRYAGAIN", "CLUSTERDOWN", "LOADING"})
 _FIRST_DELAY = 0.02
 _MAX_DELAY = 1.0
@@ -106,7 +159,13 @@ class ClusterStatistics:
         topology_queries: CLUSTER SHARDS/SLOTS/NODES commands sent.
         connections_opened: connections opened (including replacements).
         connect_failures: failed attempts to open a connection.
-        connections: live connections per node address.
+        connections: live connections per node address (master and replica pools).
+        replica_reads: reads answered by each replica (by address), replica policies only.
+        replica_health: each known replica (by address): ``up``, ``not probed yet`` or
+            ``down (why)``; empty until a replica policy is used.
+        master_fallbacks: reads that ``prefer-replica`` sent to the master because the
+            shard had no healthy replica.
+        replica_probes: health probes (INFO replication) completed.
     """
 
     commands: int = 0
@@ -118,6 +177,10 @@ class ClusterStatistics:
     connections_opened: int = 0
     connect_failures: int = 0
     connections: dict[str, int] = field(default_factory=dict)
+    replica_reads: dict[str, int] = field(default_factory=dict)
+    replica_health: dict[str, str] = field(default_factory=dict)
+    master_fallbacks: int = 0
+    replica_probes: int = 0
 
 
 class _Counters:
@@ -126,8 +189,10 @@ class _Counters:
         "commands",
         "connect_failures",
         "connections_opened",
+        "master_fallbacks",
         "moved",
         "refreshes",
+        "replica_probes",
         "retries",
         "topology_queries",
     )
@@ -141,6 +206,8 @@ class _Counters:
         self.topology_queries = 0
         self.connections_opened = 0
         self.connect_failures = 0
+        self.master_fallbacks = 0
+        self.replica_probes = 0
 
 
 def _as_bytes(arg: Arg) -> bytes:
@@ -173,11 +240,17 @@ def _show(arg: bytes) -> str:
 
 
 class _NodePool:
-    """``size`` pipelined connections to one node, opened lazily, replaced when dead."""
+    """``size`` pipelined connections to one node, opened lazily, replaced when dead.
 
-    def __init__(self, client: ClusterClient, opts: ServerOptions, size: int) -> None:
+    ``readonly``: every connection sends READONLY after the login (replica reads).
+    """
+
+    def __init__(
+        self, client: ClusterClient, opts: ServerOptions, size: int, *, readonly: bool = False
+    ) -> None:
         self._client = client
         self.opts = opts
+        self.readonly = readonly
         self._conns: list[Connection | None] = [None] * size
         self._closers: list[trio.Event | None] = [None] * size
         self._locks = [trio.Lock() for _ in range(size)]
@@ -211,7 +284,7 @@ class _NodePool:
             self._close_slot(index)
             self._attempts[index] += 1
             try:
-                conn, closer = await self._client._open_connection(self.opts)
+                conn, closer = await self._client._open_connection(self.opts, self.readonly)
             except ConnectError as exc:
                 self._errors[index] = exc
                 raise
@@ -249,6 +322,9 @@ class ClusterClient:
         topology: the current :class:`~client.topology.Topology` (replaced on refresh).
         commands: the command table (from the server when possible, else the bundled one).
         seed: the options the client was opened with.
+        read_from: the client's replica policy (``master``, ``replica``, ``prefer-replica``).
+        replicas: the replicas' health and read counters
+            (:class:`~client.replicas.ReplicaTracker`; times are ``trio.current_time()``).
     """
 
     def __init__(
@@ -263,9 +339,12 @@ class ClusterClient:
         protocol: int,
         client_name: str | None,
         commands: CommandTable,
+        read_from: str = "master",
     ) -> None:
         if connections_per_node < 1:
             raise ValueError("connections_per_node must be at least 1")
+        self.read_from: ReadFrom = parse_read_from(read_from)
+        self.replicas = ReplicaTracker(stall_after=refresh_timeout)
         self.seed = opts
         self.topology = Topology((), source="none")
         self.commands = commands
@@ -277,11 +356,18 @@ class ClusterClient:
         self._protocol = protocol
         self._client_name = client_name
         self._tls = opts.tls is not None
-        self._pools: dict[tuple[str, int], _NodePool] = {}
+        self._pools: dict[tuple[str, int, bool], _NodePool] = {}
         self._options: dict[tuple[str, int], ServerOptions] = {}
         self._refreshing: _Refresh | None = None
         self._use_shards = True
         self._counters = _Counters()
+        # Replica reads (see the module docs): started on first use.
+        self._replica_reads = False
+        self._replicas_synced: Topology | None = None
+        self._monitor_wake = trio.Event()
+        self._seen_version = -1
+        self._probe_done = trio.Event()
+        self._orphans: dict[Connection, list[int]] = {}
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -324,12 +410,21 @@ class ClusterClient:
             )
         return node
 
-    def node_for_args(self, args: Sequence[Arg]) -> Node | None:
-        """The master a command goes to; None for a keyless command.
+    def node_for_args(self, args: Sequence[Arg], *, read_from: str | None = None) -> Node | None:
+        """The node a command goes to; None for a keyless command.
+
+        With the master policy (the client's ``read_from`` unless given here), or for a
+        command that is not read-only, that is the slot's master. Otherwise a healthy replica
+        of it, chosen as :meth:`request` would (this counts as a turn of the round robin), or
+        with ``prefer-replica`` the master when the shard has no healthy replica. This never
+        waits for a probe: a replica not probed yet is not chosen (the probe starts in the
+        background).
 
         Raises:
             CrossSlotError: the keys hash to different slots.
             UnroutableError: no node owns the keys' slot.
+            NoReplicaError: ``replica`` and the shard has no healthy replica.
+            ConfigError: ``read_from`` is not a policy name.
         """
         raw = [_as_bytes(a) for a in args]
         slot = self._slot_of(raw)
@@ -341,7 +436,15 @@ class ClusterClient:
                 f"slot {slot} has no owner in the cluster",
                 hint="the cluster may be down or resharding; try again or run refresh",
             )
-        return node
+        mode = self._mode(read_from)
+        if mode == "master" or not self._readonly(raw):
+            return node
+        replica = self._pick_replica(node, set())
+        if replica is not None:
+            return replica
+        if mode == "prefer-replica":
+            return node
+        raise self._no_replica(node, slot, set())
 
     def _keyless_node(self) -> Node:
         masters = self.topology.masters()
@@ -376,18 +479,20 @@ class ClusterClient:
         self._options[key] = opts
         return opts
 
-    def _pool(self, node: Node) -> _NodePool:
-        key = (self._dial_host(node), node.port)
+    def _pool(self, node: Node, *, readonly: bool = False) -> _NodePool:
+        key = (self._dial_host(node), node.port, readonly)
         pool = self._pools.get(key)
         if pool is None:
-            pool = _NodePool(self, self.options_for(node), self._size)
+            pool = _NodePool(self, self.options_for(node), self._size, readonly=readonly)
             self._pools[key] = pool
         return pool
 
-    async def _open_connection(self, opts: ServerOptions) -> tuple[Connection, trio.Event]:
+    async def _open_connection(
+        self, opts: ServerOptions, readonly: bool = False
+    ) -> tuple[Connection, trio.Event]:
         try:
             result: tuple[Connection, trio.Event] = await self._nursery.start(
-                self._connection_task, opts
+                self._connection_task, opts, readonly
             )
         except ConnectError:
             self._counters.connect_failures += 1
@@ -398,6 +503,7 @@ class ClusterClient:
     async def _connection_task(
         self,
         opts: ServerOptions,
+        readonly: bool,
         *,
         task_status: trio.TaskStatus[tuple[Connection, trio.Event]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -406,6 +512,13 @@ class ClusterClient:
             async with open_connection(
                 opts, protocol=self._protocol, client_name=self._client_name
             ) as conn:
+                if readonly:
+                    reply = await conn.request("READONLY")
+                    if isinstance(reply, ErrorReply):
+                        raise ConnectError(
+                            f"{opts.address} refused READONLY: {reply.text}",
+                            hint="replica reads need cluster nodes; use --read-from master",
+                        )
                 closer = trio.Event()
                 task_status.started((conn, closer))
                 started = True
@@ -419,47 +532,70 @@ class ClusterClient:
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def request(self, *args: Arg) -> RespValue:
+    async def request(self, *args: Arg, read_from: str | None = None) -> RespValue:
         """Run a command on the node that owns its keys; an error reply comes back as a value.
+
+        ``read_from`` overrides the client's replica policy for this command (it matters
+        only for read-only commands).
 
         Raises:
             CrossSlotError: the keys hash to different slots (nothing was sent).
             ConnectError: no connection after the retries (nothing was sent).
             ConnectionLost: the connection broke with a non-read-only command in flight.
+            NoReplicaError: ``replica`` policy, a read-only command, and no healthy replica.
+        """
+        return (await self.request_routed(*args, read_from=read_from))[0]
+
+    async def request_routed(
+        self, *args: Arg, read_from: str | None = None
+    ) -> tuple[RespValue, Node]:
+        """Like :meth:`request`, and also the node that gave the reply (after redirects).
+
+        The node is a replica when a replica answered (``node.is_master`` is False); a CLI
+        can show it.
         """
         raw = [_as_bytes(a) for a in args]
         if not raw:
             raise UnroutableError("empty command")
         slot = self._slot_of(raw)
+        mode = self._mode(read_from)
         self._counters.commands += 1
-        return await self._run(raw, slot)
+        return await self._run(raw, slot, mode)
 
-    async def execute(self, *args: Arg) -> RespValue:
+    async def execute(self, *args: Arg, read_from: str | None = None) -> RespValue:
         """Like :meth:`request`, but an error reply raises :class:`~client.errors.ReplyError`."""
-        reply = await self.request(*args)
+        reply = await self.request(*args, read_from=read_from)
         if isinstance(reply, ErrorReply):
             raise ReplyError.from_message(reply.text)
         return reply
 
-    async def request_on(self, node: Node, *args: Arg) -> RespValue:
-        """Run a command on one node as is: no routing, no redirects, no retries."""
-        conn = await self._pool(node).get()
+    async def request_on(self, node: Node, *args: Arg, readonly: bool = False) -> RespValue:
+        """Run a command on one node as is: no routing, no redirects, no retries.
+
+        ``readonly``: use a connection that sent READONLY (to read from a replica).
+        """
+        conn = await self._pool(node, readonly=readonly).get()
         return (await conn.send_encoded(encode_command(*args), 1))[0]
 
-    async def execute_on(self, node: Node, *args: Arg) -> RespValue:
+    async def execute_on(self, node: Node, *args: Arg, readonly: bool = False) -> RespValue:
         """Like :meth:`request_on`, but an error reply raises :class:`~client.errors.ReplyError`."""
-        reply = await self.request_on(node, *args)
+        reply = await self.request_on(node, *args, readonly=readonly)
         if isinstance(reply, ErrorReply):
             raise ReplyError.from_message(reply.text)
         return reply
 
-    async def pipeline_on(self, node: Node, commands: Sequence[Sequence[Arg]]) -> list[RespValue]:
+    async def pipeline_on(
+        self, node: Node, commands: Sequence[Sequence[Arg]], *, readonly: bool = False
+    ) -> list[RespValue]:
         """Send many commands to one node in one write; replies in order, errors as values."""
         if not commands:
             return []
-        conn = await self._pool(node).get()
+        conn = await self._pool(node, readonly=readonly).get()
         data = b"".join(encode_command(*c) for c in commands)
         return await conn.send_encoded(data, len(commands))
+
+    def _mode(self, read_from: str | None) -> ReadFrom:
+        return self.read_from if read_from is None else parse_read_from(read_from)
 
     def _readonly(self, args: Sequence[bytes]) -> bool:
         spec: CommandSpec | None = self.commands.lookup(args)
@@ -469,12 +605,17 @@ class ClusterClient:
         self._counters.retries += 1
         await trio.sleep(min(_FIRST_DELAY * (2 ** (tries - 1)), _MAX_DELAY))
 
-    async def _run(self, args: list[bytes], slot: int | None) -> RespValue:
+    async def _run(
+        self, args: list[bytes], slot: int | None, mode: ReadFrom
+    ) -> tuple[RespValue, Node]:
         encoded = encode_command(*args)
         redirects = 0
         tries = 0
         target: Node | None = None  # where a redirect said to go
         asking = False
+        replica_read = mode != "master" and self._readonly(args)
+        avoid: set[str] = set()  # replicas that failed this command
+        refreshed = False  # replica policy: one refresh after a redirect, if need be
         while True:
             if target is not None:
                 node = target
@@ -482,10 +623,29 @@ class ClusterClient:
                 node = self._keyless_node()
             else:
                 node = self.topology.slot_owner(slot) or self._keyless_node()
+            on_replica = False
+            if replica_read and not asking:
+                replica = await self._replica_for(node, mode, avoid)
+                if replica is not None:
+                    node, on_replica = replica, True
+                elif mode == "replica":
+                    if refreshed or not redirects:
+                        raise self._no_replica(node, slot, avoid)
+                    # Redirected to a shard the map may not know the replicas of yet.
+                    refreshed = True
+                    await self._refresh_quietly()
+                    target = None
+                    continue
             try:
-                conn = await self._pool(node).get()
-            except ConnectError:
+                conn = await self._pool(node, readonly=on_replica).get()
+            except ConnectError as exc:
                 tries += 1
+                if on_replica:
+                    self._replica_failed(node, f"cannot connect: {exc.message}", avoid)
+                    if tries > self._max_retries:
+                        raise
+                    self._counters.retries += 1
+                    continue
                 if tries > self._max_retries:
                     raise
                 await self._refresh_quietly()
@@ -493,13 +653,21 @@ class ClusterClient:
                 target, asking = None, False
                 continue
             try:
-                if asking:
+                if on_replica:
+                    reply = await self._read_on_replica(conn, node, encoded)
+                elif asking:
                     reply = (await conn.send_encoded(_ASKING + encoded, 2))[1]
                 else:
                     reply = (await conn.send_encoded(encoded, 1))[0]
             except ConnectionLost as exc:
-                self._refresh_soon()
                 tries += 1
+                if on_replica:
+                    self._replica_failed(node, f"connection lost: {exc.message}", avoid)
+                    if tries > self._max_retries:
+                        raise
+                    self._counters.retries += 1
+                    continue
+                self._refresh_soon()
                 if not self._readonly(args):
                     raise ConnectionLost(
                         f"connection to {conn.address} was lost with "
@@ -513,12 +681,17 @@ class ClusterClient:
                 target, asking = None, False
                 continue
             if type(reply) is not ErrorReply:
-                return reply
+                return reply, node
             kind = reply.kind
+            if on_replica and kind == "LOADING" and tries < self._max_retries:
+                tries += 1
+                self._replica_failed(node, "loading its dataset (LOADING)", avoid)
+                self._counters.retries += 1
+                continue
             if kind == "MOVED" or kind == "ASK":
                 redirect = parse_redirect(reply.message)
                 if redirect is None or redirects >= self._max_redirects:
-                    return reply
+                    return reply, node
                 redirects += 1
                 _, moved_slot, host, port = redirect
                 target = self._redirect_node(host or node.host, port)
@@ -536,7 +709,164 @@ class ClusterClient:
                 await self._backoff(tries)
                 target, asking = None, False
                 continue
+            return reply, node
+
+    # -- replica reads --------------------------------------------------------------------------
+
+    def _enable_replica_reads(self) -> None:
+        """Start following the replicas' health (on first use of a replica policy)."""
+        if not self._replica_reads:
+            self._replica_reads = True
+            self._sync_replicas()
+            self._nursery.start_soon(self._replica_monitor)
+
+    def _sync_replicas(self) -> None:
+        if self._replicas_synced is not self.topology:
+            self.replicas.sync(self.topology, trio.current_time())
+            self._replicas_synced = self.topology
+        self._wake_if_changed()
+
+    def _wake_if_changed(self) -> None:
+        if self.replicas.version != self._seen_version:
+            self._seen_version = self.replicas.version
+            self._monitor_wake.set()
+
+    def _pick_replica(self, master: Node, avoid: set[str]) -> Node | None:
+        self._enable_replica_reads()
+        self._sync_replicas()
+        node = self.replicas.pick(
+            self.topology.replicas_of(master), trio.current_time(), avoid=avoid
+        )
+        self._wake_if_changed()
+        return node
+
+    async def _replica_for(self, master: Node, mode: ReadFrom, avoid: set[str]) -> Node | None:
+        """A healthy replica of ``master``, or None (the caller falls back or raises)."""
+        node = self._pick_replica(master, avoid)
+        if node is not None:
+            return node
+        if mode == "replica":
+            waiting = [r for r in self.topology.replicas_of(master) if r.id not in avoid]
+            if await self._probe_and_wait(waiting):
+                return self._pick_replica(master, avoid)
+            return None
+        self._counters.master_fallbacks += 1
+        return None
+
+    def _no_replica(self, master: Node, slot: int | None, avoid: set[str]) -> NoReplicaError:
+        why = self.replicas.explain(
+            self.topology.replicas_of(master),
+            avoid=avoid,
+            name=lambda n: self.options_for(n).address,
+        )
+        where = f"slot {slot}" if slot is not None else "a keyless read"
+        return NoReplicaError(
+            f"no healthy replica to read {where} from: master "
+            f"{self.options_for(master).address}: {why}",
+            master=master,
+            hint="use --read-from prefer-replica to fall back to the master, "
+            "or wait for a replica to recover",
+        )
+
+    def _replica_failed(self, node: Node, reason: str, avoid: set[str]) -> None:
+        avoid.add(node.id)
+        self.replicas.failed(node.id, reason, trio.current_time())
+        self._wake_if_changed()
+
+    async def _read_on_replica(self, conn: Connection, node: Node, encoded: bytes) -> RespValue:
+        token = self.replicas.start_read(node, trio.current_time())
+        served = False
+        try:
+            reply = (await conn.send_encoded(encoded, 1))[0]
+            served = type(reply) is not ErrorReply or reply.kind not in _NOT_SERVED
             return reply
+        except trio.Cancelled:
+            # The caller gave up; the read is still on the wire. It stays in flight (so a
+            # hung replica is noticed) until a PING behind it on this connection answers.
+            self._orphan(conn, token)
+            token = 0
+            raise
+        finally:
+            if token:
+                self.replicas.end_read(token, served=served)
+
+    def _orphan(self, conn: Connection, token: int) -> None:
+        waiting = self._orphans.get(conn)
+        if waiting is not None:
+            waiting.append(token)
+            return
+        self._orphans[conn] = [token]
+        self._nursery.start_soon(self._reap_orphans, conn)
+
+    async def _reap_orphans(self, conn: Connection) -> None:
+        try:
+            while self._orphans[conn]:
+                tokens = self._orphans[conn]
+                self._orphans[conn] = []
+                try:
+                    await conn.send_encoded(_PING, 1)
+                except RedisToolkitError:
+                    pass  # the connection is gone: so are the replies
+                for token in tokens:
+                    self.replicas.end_read(token, served=False)
+        finally:
+            self._orphans.pop(conn, None)
+
+    async def _probe_and_wait(self, nodes: Sequence[Node]) -> bool:
+        """Probe those of ``nodes`` that are due; wait for every probe of them in progress.
+
+        Returns True if there was a probe to wait for (each is bounded by refresh_timeout).
+        """
+        ids = {n.id for n in nodes}
+        for probe in self.replicas.take_due(trio.current_time(), only=ids):
+            self._nursery.start_soon(self._probe, probe)
+        waited = False
+        while self.replicas.probing(ids):
+            waited = True
+            await self._probe_done.wait()
+        return waited
+
+    async def _probe(self, probe: Probe) -> None:
+        node = probe.node
+        verdict = ProbeVerdict(False, f"no answer to INFO in {self._refresh_timeout:g} s")
+        applied = False
+        try:
+            with trio.move_on_after(self._refresh_timeout) as scope:
+                try:
+                    conn = await self._pool(node, readonly=True).get()
+                    replication, persistence = await conn.send_encoded(_PROBE, 2)
+                except RedisToolkitError as exc:
+                    verdict = ProbeVerdict(False, exc.message)
+                else:
+                    verdict = read_probe(replication, persistence)
+            if scope.cancelled_caught:
+                # INFO unanswered: so are the reads queued on those connections. Drop them,
+                # so the reads fail over (read-only: safe to retry) and the next probe dials.
+                self._pool(node, readonly=True).close()
+            self._counters.replica_probes += 1
+            self.replicas.probe_done(probe, verdict, trio.current_time())
+            applied = True
+            if verdict.promoted:
+                self._refresh_soon()
+        finally:
+            if not applied:  # never leave a replica PROBING with nobody probing it
+                interrupted = ProbeVerdict(False, "probe interrupted")
+                self.replicas.probe_done(probe, interrupted, trio.current_time())
+            done, self._probe_done = self._probe_done, trio.Event()
+            done.set()
+            self._wake_if_changed()
+
+    async def _replica_monitor(self) -> None:
+        """Run the probes that are due: new replicas, failed ones (backoff), checks."""
+        while True:
+            self._monitor_wake = trio.Event()
+            self._sync_replicas()
+            for probe in self.replicas.take_due(trio.current_time()):
+                self._nursery.start_soon(self._probe, probe)
+            self._seen_version = self.replicas.version
+            wake_at = self.replicas.next_due()
+            with trio.move_on_at(math.inf if wake_at is None else wake_at):
+                await self._monitor_wake.wait()
 
     def _redirect_node(self, host: str, port: int) -> Node:
         known = self.topology.node_by_address(host, port)
@@ -583,6 +913,10 @@ class ClusterClient:
         try:
             self.topology = await self._discover(self._candidates())
             self._forget_departed()
+            if self._replica_reads:
+                self._sync_replicas()
+                self.replicas.request_checks()  # the periodic health check
+                self._wake_if_changed()
         except RedisToolkitError as exc:
             job.error = exc
         finally:
@@ -666,7 +1000,7 @@ class ClusterClient:
         """Close idle pools of nodes that left the cluster (not the seed's)."""
         keep = {(self._dial_host(n), n.port) for n in self.topology.nodes}
         keep.add((self.seed.host, self.seed.port))
-        for key in [k for k in self._pools if k not in keep]:
+        for key in [k for k in self._pools if k[:2] not in keep]:
             pool = self._pools[key]
             if not pool.busy:
                 pool.close()
@@ -713,6 +1047,18 @@ class ClusterClient:
 
     def statistics(self) -> ClusterStatistics:
         c = self._counters
+        connections: dict[str, int] = {}
+        for pool in self._pools.values():
+            live = pool.live
+            if live:
+                address = pool.opts.address
+                connections[address] = connections.get(address, 0) + live
+        replica_reads: dict[str, int] = {}
+        replica_health: dict[str, str] = {}
+        for status in self.replicas.statuses():
+            address = self.options_for(status.node).address
+            replica_reads[address] = status.reads
+            replica_health[address] = status.describe()
         return ClusterStatistics(
             commands=c.commands,
             moved=c.moved,
@@ -722,7 +1068,11 @@ class ClusterClient:
             topology_queries=c.topology_queries,
             connections_opened=c.connections_opened,
             connect_failures=c.connect_failures,
-            connections={p.opts.address: p.live for p in self._pools.values() if p.live},
+            connections=connections,
+            replica_reads=replica_reads,
+            replica_health=replica_health,
+            master_fallbacks=c.master_fallbacks,
+            replica_probes=c.replica_probes,
         )
 
 
@@ -738,6 +1088,7 @@ async def open_cluster(
     protocol: int = 2,
     client_name: str | None = None,
     commands: CommandTable | None = None,
+    read_from: str = "master",
 ) -> AsyncIterator[ClusterClient]:
     """Connect to the cluster behind the seed ``opts`` and yield a :class:`ClusterClient`.
 
@@ -752,11 +1103,18 @@ async def open_cluster(
         protocol: 2 or 3 (HELLO 3) for every node connection.
         client_name: CLIENT SETNAME for every connection.
         commands: a command table to use instead of loading one from the server.
+        read_from: ``master`` (default), ``replica`` or ``prefer-replica``: where read-only
+            commands go (see the module docs). With a replica policy every replica is probed
+            (INFO replication, each within ``refresh_timeout``) before the client is yielded;
+            ``refresh_timeout`` is also how long a replica may leave a read unanswered
+            before new reads avoid it.
 
     Raises:
         ConnectError: the seed cannot be reached or refuses the login.
         RedisToolkitError: the seed cannot describe the cluster (for example, not a cluster).
+        ConfigError: ``read_from`` is not a policy name.
     """
+    read_from = parse_read_from(read_from)
     async with open_service_nursery() as nursery:
         client = ClusterClient(
             opts,
@@ -768,8 +1126,12 @@ async def open_cluster(
             protocol=protocol,
             client_name=client_name,
             commands=commands if commands is not None else CommandTable.bundled(),
+            read_from=read_from,
         )
         await client._bootstrap(load_commands=commands is None)
+        if read_from != "master":
+            client._enable_replica_reads()
+            await client._probe_and_wait(client.topology.replicas())
         if refresh_interval > 0:
             nursery.start_soon(client._periodic_refresh, refresh_interval)
         yield client
