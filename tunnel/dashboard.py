@@ -89,8 +89,10 @@ def _asset(name: str) -> bytes:
     try:
         return resources.files("tunnel").joinpath("static", name).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"dashboard: cannot read its asset static/{name}: {exc.strerror}",
-                          hint="reinstall redis-client (tunnel/static/ is package data)") from exc
+        raise ConfigError(
+            f"dashboard: cannot read its asset static/{name}: {exc.strerror}",
+            hint="reinstall redis-client (tunnel/static/ is package data)",
+        ) from exc
 
 
 class _Feed:
@@ -145,8 +147,15 @@ class _Response:
 
     __slots__ = ("body", "close", "content_type", "headers", "status")
 
-    def __init__(self, status: int, body: bytes, content_type: str = _TEXT_TYPE, *,
-                 headers: Sequence[tuple[str, str]] = (), close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = _TEXT_TYPE,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        close: bool = False,
+    ) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
@@ -154,8 +163,9 @@ class _Response:
         self.close = close
 
 
-def _text(status: int, message: str, *, headers: Sequence[tuple[str, str]] = (),
-          close: bool = False) -> _Response:
+def _text(
+    status: int, message: str, *, headers: Sequence[tuple[str, str]] = (), close: bool = False
+) -> _Response:
     return _Response(status, (message + "\n").encode(), headers=headers, close=close)
 
 
@@ -266,8 +276,9 @@ class _Dashboard:
                 return
             conn.start_next_cycle()
 
-    async def _answer(self, conn: h11.Connection, stream: trio.abc.Stream,
-                      request: h11.Request) -> _Response | _Replay | None:
+    async def _answer(
+        self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request
+    ) -> _Response | _Replay | None:
         """The response to ``request`` (its body drained first), a stream to hand to the
         WebSocket (an accepted upgrade), or None when the peer went away."""
         body = 0
@@ -287,8 +298,11 @@ class _Dashboard:
         if self.loopback_only and host is not None:
             split = _split_host(host)
             if split is None or not _is_loopback_name(split[0]):
-                return _text(403, f"dashboard: Host {host!r} is not a loopback name; open the "
-                             "dashboard by its loopback address (DNS rebinding guard)")
+                return _text(
+                    403,
+                    f"dashboard: Host {host!r} is not a loopback name; open the "
+                    "dashboard by its loopback address (DNS rebinding guard)",
+                )
         if request.method not in (b"GET", b"HEAD"):
             return _text(405, "dashboard: only GET and HEAD", headers=[("Allow", "GET, HEAD")])
         if path == WEBSOCKET_PATH:
@@ -299,16 +313,27 @@ class _Dashboard:
             if origin is not None and (host is None or not same_origin(origin, host)):
                 return _text(403, "dashboard: cross-origin WebSocket refused")
             connection = (_header(headers, b"connection") or "").lower()
-            if (host is None or request.http_version != b"1.1"
-                    or _header(headers, b"sec-websocket-version") != "13"
-                    or not _header(headers, b"sec-websocket-key")
-                    or "upgrade" not in (token.strip() for token in connection.split(","))):
-                return _text(400, "dashboard: incomplete WebSocket handshake",
-                             headers=[("Sec-WebSocket-Version", "13")], close=True)
+            if (
+                host is None
+                or request.http_version != b"1.1"
+                or _header(headers, b"sec-websocket-version") != "13"
+                or not _header(headers, b"sec-websocket-key")
+                or "upgrade" not in (token.strip() for token in connection.split(","))
+            ):
+                return _text(
+                    400,
+                    "dashboard: incomplete WebSocket handshake",
+                    headers=[("Sec-WebSocket-Version", "13")],
+                    close=True,
+                )
             raw = b"".join(
-                [b"%s %s HTTP/%s\r\n" % (request.method, request.target, request.http_version),
-                 *(b"%s: %s\r\n" % pair for pair in headers.raw_items()), b"\r\n",
-                 conn.trailing_data[0]])
+                [
+                    b"%s %s HTTP/%s\r\n" % (request.method, request.target, request.http_version),
+                    *(b"%s: %s\r\n" % pair for pair in headers.raw_items()),
+                    b"\r\n",
+                    conn.trailing_data[0],
+                ]
+            )
             return _Replay(stream, raw)
         if path == "/metrics":
             return _Response(200, self.stats.prometheus().encode(), _PROMETHEUS_TYPE)
@@ -325,7 +350,8 @@ class _Dashboard:
             try:
                 with trio.fail_after(SEND_TIMEOUT):
                     request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, message_queue_size=1, max_message_size=MAX_WS_MESSAGE)
+                        nursery, stream, message_queue_size=1, max_message_size=MAX_WS_MESSAGE
+                    )
                     ws = await request.accept()
             except (trio.TooSlowError, trio_websocket.ConnectionClosed):
                 nursery.cancel_scope.cancel()
@@ -345,8 +371,9 @@ class _Dashboard:
                 nursery.cancel_scope.cancel()
 
 
-async def _discard_messages(ws: trio_websocket.WebSocketConnection,
-                            scope: trio.CancelScope) -> None:
+async def _discard_messages(
+    ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope
+) -> None:
     """Read (and ignore) what the client sends, so control frames keep flowing."""
     try:
         while True:
@@ -368,16 +395,21 @@ async def _next_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Re
     return event if isinstance(event, h11.Request) else None
 
 
-async def _send(conn: h11.Connection, stream: trio.abc.Stream, response: _Response, *,
-                head: bool) -> None:
-    headers = [("Content-Type", response.content_type),
-               ("Content-Length", str(len(response.body))),
-               *_COMMON_HEADERS, *response.headers]
+async def _send(
+    conn: h11.Connection, stream: trio.abc.Stream, response: _Response, *, head: bool
+) -> None:
+    headers = [
+        ("Content-Type", response.content_type),
+        ("Content-Length", str(len(response.body))),
+        *_COMMON_HEADERS,
+        *response.headers,
+    ]
     if response.close:
         headers.append(("Connection", "close"))
     reason = HTTPStatus(response.status).phrase.encode()
-    data = conn.send(h11.Response(status_code=response.status, headers=headers,
-                                  reason=reason)) or b""
+    data = (
+        conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason)) or b""
+    )
     if response.body and not head:
         data += conn.send(h11.Data(data=response.body)) or b""
     data += conn.send(h11.EndOfMessage()) or b""
@@ -422,8 +454,10 @@ async def serve_dashboard(
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
-        raise ConfigError(f"dashboard: cannot listen on {host}:{port}: {exc.strerror or exc}",
-                          hint="choose another --dashboard address or port") from exc
+        raise ConfigError(
+            f"dashboard: cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="choose another --dashboard address or port",
+        ) from exc
     try:
         dashboard = _Dashboard(stats, loopback_only=all(map(_listener_is_loopback, listeners)))
         async with trio.open_nursery() as nursery:

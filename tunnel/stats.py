@@ -71,8 +71,16 @@ _ZEROS: tuple[int, ...] = (0,) * _BUCKETS
 _LE = tuple(repr(bound / 1e9) for bound in BUCKET_BOUNDS_NS)
 
 #: The counters every node has, in display order (``upstream_reconnects`` is not per connection).
-COUNTER_NAMES = ("ops", "bytes_in", "bytes_out", "errors", "moved", "ask", "retries",
-                 "upstream_reconnects")
+COUNTER_NAMES = (
+    "ops",
+    "bytes_in",
+    "bytes_out",
+    "errors",
+    "moved",
+    "ask",
+    "retries",
+    "upstream_reconnects",
+)
 _CONNECTION_COUNTERS = COUNTER_NAMES[:-1]
 
 #: Seconds between two publications of one connection's counters (see ``maybe_publish``).
@@ -96,8 +104,18 @@ class ConnectionCounters:
     read per chunk), not once per command; a pipelined chunk then costs ~20 ns per command.
     """
 
-    __slots__ = ("ask", "bytes_in", "bytes_out", "errors", "latency", "latency_sum_ns",
-                 "moved", "next_publish", "ops", "retries")
+    __slots__ = (
+        "ask",
+        "bytes_in",
+        "bytes_out",
+        "errors",
+        "latency",
+        "latency_sum_ns",
+        "moved",
+        "next_publish",
+        "ops",
+        "retries",
+    )
 
     def __init__(self) -> None:
         self.ops = 0
@@ -121,8 +139,17 @@ class ConnectionCounters:
 
     def is_empty(self) -> bool:
         """True when there is nothing to publish."""
-        return not (self.ops or self.bytes_in or self.bytes_out or self.errors or self.moved
-                    or self.ask or self.retries or self.latency_sum_ns or any(self.latency))
+        return not (
+            self.ops
+            or self.bytes_in
+            or self.bytes_out
+            or self.errors
+            or self.moved
+            or self.ask
+            or self.retries
+            or self.latency_sum_ns
+            or any(self.latency)
+        )
 
     def reset(self) -> None:
         """Zero every counter (in place: nothing is allocated)."""
@@ -171,8 +198,16 @@ class NodeCounters:
 
     def counts(self) -> tuple[int, ...]:
         """The counters in :data:`COUNTER_NAMES` order."""
-        return (self.ops, self.bytes_in, self.bytes_out, self.errors, self.moved, self.ask,
-                self.retries, self.upstream_reconnects)
+        return (
+            self.ops,
+            self.bytes_in,
+            self.bytes_out,
+            self.errors,
+            self.moved,
+            self.ask,
+            self.retries,
+            self.upstream_reconnects,
+        )
 
     @property
     def latency_count(self) -> int:
@@ -223,8 +258,14 @@ class TunnelStats:
 
     # -- what the relays call ---------------------------------------------------------------
 
-    def node(self, address: str, *, role: str | None = None, listener: str | None = None,
-             slots: Iterable[tuple[int, int]] | None = None) -> NodeCounters:
+    def node(
+        self,
+        address: str,
+        *,
+        role: str | None = None,
+        listener: str | None = None,
+        slots: Iterable[tuple[int, int]] | None = None,
+    ) -> NodeCounters:
         """The entry of ``address`` (``host:port``), created on first use; updates what is given."""
         entry = self._nodes.get(address)
         if entry is None:
@@ -281,8 +322,9 @@ class TunnelStats:
         for entry in self._nodes.values():
             entry.in_topology = False
         for info in nodes:
-            entry = self.node(info["address"], role=info.get("role", ""),
-                              slots=info.get("slots", ()))
+            entry = self.node(
+                info["address"], role=info.get("role", ""), slots=info.get("slots", ())
+            )
             entry.listener = info.get("listener")
             entry.health = info.get("health", "")
             entry.in_topology = True
@@ -291,9 +333,11 @@ class TunnelStats:
 
     def nodes(self) -> list[NodeCounters]:
         """Every entry: topology nodes first (masters by first slot, then replicas), then others."""
+
         def key(entry: NodeCounters) -> tuple[bool, bool, int, str]:
             first = entry.slots[0][0] if entry.slots else 1 << 20
             return (not entry.in_topology, entry.role != "master", first, entry.address)
+
         return sorted(self._nodes.values(), key=key)
 
     def _advance(self, now: float) -> float:
@@ -305,8 +349,10 @@ class TunnelStats:
         window_latency = [0] * _BUCKETS
         for entry in self._nodes.values():
             counts = entry.counts()
-            entry._rates = {name: (now_ - then) / elapsed for name, now_, then
-                            in zip(COUNTER_NAMES, counts, entry._previous, strict=True)}
+            entry._rates = {
+                name: (now_ - then) / elapsed
+                for name, now_, then in zip(COUNTER_NAMES, counts, entry._previous, strict=True)
+            }
             delta = [a - b for a, b in zip(entry.latency, entry._previous_latency, strict=True)]
             entry._window_p50 = percentile_us(delta, 0.5)
             entry._window_p99 = percentile_us(delta, 0.99)
@@ -316,8 +362,9 @@ class TunnelStats:
                 totals[index] += now_ - then
             entry._previous = counts
             entry._previous_latency = tuple(entry.latency)
-        self._rates = {name: total / elapsed for name, total
-                       in zip(COUNTER_NAMES, totals, strict=True)}
+        self._rates = {
+            name: total / elapsed for name, total in zip(COUNTER_NAMES, totals, strict=True)
+        }
         self._window_p50 = percentile_us(window_latency, 0.5)
         self._window_p99 = percentile_us(window_latency, 0.99)
         self._window_start = now
@@ -341,25 +388,27 @@ class TunnelStats:
                 totals[name] += value
             for index, value in enumerate(entry.latency):
                 all_latency[index] += value
-            nodes.append({
-                "address": entry.address,
-                "role": entry.role,
-                "listener": entry.listener,
-                "slots": [list(pair) for pair in entry.slots],
-                "slot_count": entry.slot_count,
-                "health": entry.health,
-                "in_topology": entry.in_topology,
-                **counts,
-                "rates": entry._rates or dict.fromkeys(COUNTER_NAMES, 0.0),
-                "latency": {
-                    "count": entry.latency_count,
-                    "sum_us": entry.latency_sum_ns / 1000,
-                    "p50_us": entry._window_p50,
-                    "p99_us": entry._window_p99,
-                    "p50_us_all": percentile_us(entry.latency, 0.5),
-                    "p99_us_all": percentile_us(entry.latency, 0.99),
-                },
-            })
+            nodes.append(
+                {
+                    "address": entry.address,
+                    "role": entry.role,
+                    "listener": entry.listener,
+                    "slots": [list(pair) for pair in entry.slots],
+                    "slot_count": entry.slot_count,
+                    "health": entry.health,
+                    "in_topology": entry.in_topology,
+                    **counts,
+                    "rates": entry._rates or dict.fromkeys(COUNTER_NAMES, 0.0),
+                    "latency": {
+                        "count": entry.latency_count,
+                        "sum_us": entry.latency_sum_ns / 1000,
+                        "p50_us": entry._window_p50,
+                        "p99_us": entry._window_p99,
+                        "p50_us_all": percentile_us(entry.latency, 0.5),
+                        "p99_us_all": percentile_us(entry.latency, 0.99),
+                    },
+                }
+            )
         return {
             "version": 1,
             "mode": self.mode,
@@ -405,34 +454,49 @@ class TunnelStats:
         for attribute, metric, text in _PROMETHEUS_COUNTERS:
             family(metric, "counter", text)
             for entry in entries:
-                out.append(f'{metric}{{node="{_label(entry.address)}"}} '
-                           f"{getattr(entry, attribute)}\n")
-        family("redis_tunnel_node_info", "gauge",
-               "Nodes of the current topology (always 1): role and local listener.")
+                out.append(
+                    f'{metric}{{node="{_label(entry.address)}"}} {getattr(entry, attribute)}\n'
+                )
+        family(
+            "redis_tunnel_node_info",
+            "gauge",
+            "Nodes of the current topology (always 1): role and local listener.",
+        )
         for entry in entries:
             if entry.in_topology:
-                out.append(f'redis_tunnel_node_info{{node="{_label(entry.address)}",'
-                           f'role="{_label(entry.role)}",'
-                           f'listener="{_label(entry.listener or "")}"}} 1\n')
+                out.append(
+                    f'redis_tunnel_node_info{{node="{_label(entry.address)}",'
+                    f'role="{_label(entry.role)}",'
+                    f'listener="{_label(entry.listener or "")}"}} 1\n'
+                )
         family("redis_tunnel_node_slots", "gauge", "Hash slots the node serves.")
         for entry in entries:
             if entry.in_topology:
-                out.append(f'redis_tunnel_node_slots{{node="{_label(entry.address)}"}} '
-                           f"{entry.slot_count}\n")
-        family("redis_tunnel_latency_seconds", "histogram",
-               "Time from a request reaching the tunnel to its reply leaving it.")
+                out.append(
+                    f'redis_tunnel_node_slots{{node="{_label(entry.address)}"}} '
+                    f"{entry.slot_count}\n"
+                )
+        family(
+            "redis_tunnel_latency_seconds",
+            "histogram",
+            "Time from a request reaching the tunnel to its reply leaving it.",
+        )
         for entry in entries:
             node = _label(entry.address)
             cumulative = 0
             for le, count in zip(_LE, entry.latency, strict=False):
                 cumulative += count
-                out.append(f'redis_tunnel_latency_seconds_bucket{{node="{node}",le="{le}"}} '
-                           f"{cumulative}\n")
+                out.append(
+                    f'redis_tunnel_latency_seconds_bucket{{node="{node}",le="{le}"}} {cumulative}\n'
+                )
             cumulative += entry.latency[-1]
-            out.append(f'redis_tunnel_latency_seconds_bucket{{node="{node}",le="+Inf"}} '
-                       f"{cumulative}\n")
-            out.append(f'redis_tunnel_latency_seconds_sum{{node="{node}"}} '
-                       f"{_float(entry.latency_sum_ns / 1e9)}\n")
+            out.append(
+                f'redis_tunnel_latency_seconds_bucket{{node="{node}",le="+Inf"}} {cumulative}\n'
+            )
+            out.append(
+                f'redis_tunnel_latency_seconds_sum{{node="{node}"}} '
+                f"{_float(entry.latency_sum_ns / 1e9)}\n"
+            )
             out.append(f'redis_tunnel_latency_seconds_count{{node="{node}"}} {cumulative}\n')
         return "".join(out)
 
@@ -465,8 +529,9 @@ class TunnelStats:
         for index, node in enumerate(snap["nodes"]):
             fields = [f"address={node['address']}", f"role={node['role'] or '-'}"]
             if node["slots"]:
-                fields.append("slots=" + " ".join(f"{a}-{b}" if a != b else f"{a}"
-                                                  for a, b in node["slots"]))
+                fields.append(
+                    "slots=" + " ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in node["slots"])
+                )
             if node["listener"]:
                 fields.append(f"listener={node['listener']}")
             fields.extend(f"{name}={node[name]}" for name in COUNTER_NAMES)
@@ -485,8 +550,11 @@ _PROMETHEUS_COUNTERS = (
     ("moved", "redis_tunnel_moved_total", "MOVED redirects received."),
     ("ask", "redis_tunnel_ask_total", "ASK redirects received."),
     ("retries", "redis_tunnel_retries_total", "Commands sent again (redirect, TRYAGAIN, ...)."),
-    ("upstream_reconnects", "redis_tunnel_upstream_reconnects_total",
-     "Upstream connections dialled again after a loss."),
+    (
+        "upstream_reconnects",
+        "redis_tunnel_upstream_reconnects_total",
+        "Upstream connections dialled again after a loss.",
+    ),
 )
 
 
@@ -502,16 +570,22 @@ def _usec(value: float | None) -> str:
     return "0" if value is None else f"{value:.0f}"
 
 
-def topology_nodes(topology: Topology,
-                   listeners: Mapping[str, str] | None = None) -> list[TopologyNode]:
+def topology_nodes(
+    topology: Topology, listeners: Mapping[str, str] | None = None
+) -> list[TopologyNode]:
     """A :class:`client.topology.Topology` as :meth:`TunnelStats.set_topology` takes it.
 
     ``listeners`` maps a node's ``host:port`` to its local listener (pinned mode).
     """
     listeners = listeners or {}
     return [
-        TopologyNode(address=node.address, role=node.role, slots=node.slots,
-                     listener=listeners.get(node.address), health=node.health)
+        TopologyNode(
+            address=node.address,
+            role=node.role,
+            slots=node.slots,
+            listener=listeners.get(node.address),
+            health=node.health,
+        )
         for node in topology.nodes
     ]
 
@@ -545,8 +619,9 @@ def tunnel_reply(stats: TunnelStats, args: Sequence[bytes]) -> bytes:
         text = stats.info_text()
         return b"$%d\r\n%s\r\n" % (len(text), text)
     if sub == b"HELP" and len(args) == 2:
-        return b"*%d\r\n" % len(_HELP_LINES) + b"".join(b"+" + line + b"\r\n"
-                                                        for line in _HELP_LINES)
+        return b"*%d\r\n" % len(_HELP_LINES) + b"".join(
+            b"+" + line + b"\r\n" for line in _HELP_LINES
+        )
     if sub in (b"INFO", b"HELP", b""):
         name = b"tunnel|" + sub.lower() if sub else b"tunnel"
         return b"-ERR wrong number of arguments for '%s' command\r\n" % name
