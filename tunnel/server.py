@@ -48,11 +48,13 @@ import trio
 from client.cluster import ClusterClient, open_cluster
 from client.commands import CommandTable
 from client.connection import open_authenticated_stream
+from client.credentials import CredentialProvider
 from client.errors import ConfigError, RedisToolkitError
 from client.options import ServerOptions, TlsOptions
 from client.topology import Node, Topology
 from tunnel.relay import Pinning, RelaySettings, RelayStats, serve_relay
 from tunnel.rewrite import AddressBook, Endpoint, Missing, NodeRef, format_hostport
+from tunnel.stats import TunnelStats
 
 __all__ = [
     "ListenerInfo",
@@ -88,6 +90,11 @@ class TunnelConfig:
         refresh_interval: pinned mode: seconds between topology refreshes (0: never).
         out: where the listener table and the ready line go (None: stdout).
         workers: standalone: processes sharing the port (SO_REUSEPORT); 1 = this one only.
+        stats: the observability registry (``--dashboard``, ``TUNNEL INFO``); None counts nothing.
+        credentials: rotating credentials (``--password-command``, ``--entra``); None means the
+            static password in ``upstream``.
+        read_from: smart mode: ``master``, ``replica`` or ``prefer-replica`` for read-only commands.
+        pool_size: smart mode: shared pipelined upstream connections per node.
     """
 
     upstream: ServerOptions
@@ -98,6 +105,10 @@ class TunnelConfig:
     refresh_interval: float = 30.0
     out: TextIO | None = None
     workers: int = 1
+    stats: TunnelStats | None = None
+    credentials: CredentialProvider | None = field(default=None, repr=False)
+    read_from: str = "master"
+    pool_size: int = 2
 
     def say(self, line: str) -> None:
         print(line, file=self.out or sys.stdout, flush=True)
