@@ -27,16 +27,27 @@ errors followed by their own ``\\n``.
 RESP3 types redis-cli 7.0 cannot print (it exits with "Unknown reply type" on a big number and
 "Protocol error" on an attribute or blob error) get the rendering later redis-cli versions use:
 ``(big number) N``, attributes dropped around the value they annotate, blob errors as errors.
+
+*Pushes* between replies (:func:`format_push`) are ``cliPushHandler``'s: a client-tracking
+invalidation as ``-> invalidate: 'k1', 'k2'`` in typed mode, anything else as a reply.
+
+Also here, pure text the shell shows: ``help`` (from COMMAND DOCS, or the bundled snapshot),
+the shell's own help texts, and the cluster views (``:topology``, ``:slot``, CROSSSLOT hints).
+The line editor (hints, completion, history) is :mod:`client.lineedit`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
+from client.commands import Argument, CommandTable
+from client.slots import hash_tag, key_slot
+from client.topology import Node, Topology
 from client.values import (
     Attributed,
     BigNumber,
@@ -51,16 +62,22 @@ from client.values import (
 )
 
 __all__ = [
+    "GENERIC_HELP",
+    "HELPER_HELP",
+    "SHELL_EPILOG",
     "ArgumentError",
     "CommandDoc",
-    "LineBuffer",
-    "command_hint",
-    "completions",
-    "decode_keys",
+    "bundled_docs",
+    "common_prefix",
+    "crossslot_hint",
     "format_command_help",
+    "format_help",
     "format_invalidate",
+    "format_push",
+    "format_ranges",
     "format_reply",
-    "is_secret_line",
+    "format_slot",
+    "format_topology",
     "join_args",
     "parse_command_docs",
     "quote",
@@ -404,6 +421,19 @@ def format_invalidate(push: Push) -> bytes | None:
     return None
 
 
+def format_push(value: RespValue, *, raw: bool) -> bytes:
+    """A push that came between replies, as redis-cli's ``cliPushHandler`` prints it.
+
+    Typed mode shows a client-tracking invalidation as one ``-> invalidate: 'k'`` line and
+    any other push as a reply; raw mode prints every push as a raw reply.
+    """
+    if not raw and isinstance(value, Push):
+        line = format_invalidate(value)
+        if line is not None:
+            return line
+    return format_reply(value, raw=raw)
+
+
 # Commands whose reply redis-cli prints as raw text even in typed mode (cliSendCommand's list).
 _RAW_ALWAYS = frozenset({b"info", b"lolwut"})
 _RAW_SUBCOMMANDS: dict[bytes, frozenset[bytes]] = {
@@ -574,251 +604,159 @@ def format_command_help(doc: CommandDoc, *, color: bool, with_group: bool = True
     return "\n".join(lines) + "\n"
 
 
-def _doc_for(words: Sequence[str], docs: dict[str, CommandDoc]) -> tuple[CommandDoc, int] | None:
-    """The most specific doc entry for the first words of a line, and how many words it used."""
-    if len(words) >= 2:
-        doc = docs.get(f"{words[0].upper()} {words[1].upper()}")
-        if doc is not None:
-            return doc, 2
-    if words:
-        doc = docs.get(words[0].upper())
-        if doc is not None:
-            return doc, 1
-    return None
+def format_help(topic: Sequence[bytes], docs: dict[str, CommandDoc], *, color: bool) -> str:
+    """What ``help`` prints: the generic text, a ``@group``, or a command and its subcommands."""
+    if not topic:
+        return GENERIC_HELP
+    words = [t.decode("utf-8", "replace") for t in topic]
+    if words[0].startswith("@"):
+        group = words[0][1:].lower()
+        found = [d for d in docs.values() if d.group == group]
+        text = "".join(format_command_help(d, color=color, with_group=False) for d in found)
+    else:
+        name = " ".join(words).upper()
+        found = [d for n, d in sorted(docs.items()) if n == name or n.startswith(name + " ")]
+        text = "".join(format_command_help(d, color=color) for d in found)
+    if not found:
+        text = f"no help for {' '.join(words)!r} (COMMAND DOCS of the server has none)\n"
+    return text + "\n"
 
 
-def command_hint(line: str, docs: dict[str, CommandDoc]) -> str | None:
-    """redis-cli's ``hintsCallback``: the synopsis of the arguments not typed yet, or None."""
-    try:
-        words = [w.decode("utf-8", "surrogateescape") for w in split_line(_line_bytes(line))]
-    except ArgumentError:
-        return None
-    found = _doc_for(words, docs)
-    if found is None:
-        return None
-    doc, used = found
-    hint = doc.params
-    to_remove = len(words) - used
-    while to_remove > 0 and hint:
-        if hint[0] == "[":
-            break
-        if hint[0] == " ":
-            to_remove -= 1
-        hint = hint[1:]
-    if not hint:
-        return None
-    return hint if line[-1:].isspace() else " " + hint
+GENERIC_HELP = """redis-client cli, a redis-cli compatible shell
+To get help about Redis commands type:
+      "help @<group>" to get a list of commands in <group>
+      "help <command>" for help on <command>
+      "help <tab>" to get a list of possible help topics
+      "quit" to exit
+Shell commands (":help" lists them): :topology, :slot KEY, :cluster dbsize|keys|scan
+"""
+
+HELPER_HELP = """shell commands:
+  :topology                          nodes, roles and slot ranges
+  :slot KEY [KEY ...]                each key's slot, hash tag and owning master
+  :cluster dbsize                    DBSIZE of every master, and the total
+  :cluster keys PATTERN              KEYS PATTERN on every master, counted per node
+  :cluster scan [MATCH P] [COUNT N] [TYPE T]   a full SCAN of every master, counted per node
+"""
+
+#: The end of ``redis-client cli --help``.
+SHELL_EPILOG = """\
+With a COMMAND: run it and exit (status 0, even after an error reply, as redis-cli).
+Without one: read commands from stdin when it is not a terminal, else start a REPL
+(history in ~/.redis-client_history, Tab completion, hints, help COMMAND).
+
+--read-from replica|prefer-replica (with -c): read-only commands with keys go to a replica
+of their slot's master (prefer-replica: the master when no replica is healthy); writes,
+keyless commands, MULTI, and reads right after a write or WATCH stay on the master. Each
+read names the node that answered: "-> Read from replica host:port".
+
+shell commands (in every mode):
+  :topology                      nodes, roles and slot ranges
+  :slot KEY [KEY ...]            each key's slot, hash tag and owning master
+  :cluster dbsize                DBSIZE of every master, and the total
+  :cluster keys PATTERN          KEYS PATTERN on every master, counted per node
+  :cluster scan [MATCH P] [COUNT N] [TYPE T]
+                                 a full SCAN of every master, counted per node
+"""
 
 
-def completions(line: str, docs: dict[str, CommandDoc], extra: Sequence[str] = ()) -> list[str]:
-    """Whole-line completions for ``line``: command names, subcommands, ``help`` topics.
+@functools.cache
+def bundled_docs() -> dict[str, CommandDoc]:
+    """Help data from the command snapshot shipped with the package (for Redis < 7, offline)."""
 
-    Args:
-        line: the text typed so far.
-        docs: from :func:`parse_command_docs`.
-        extra: more first words to offer (the shell's own ``:`` commands).
-    """
-    lower = line.lower()
-    if lower.startswith("help "):
-        rest = line[5:].lstrip()
-        head = line[: len(line) - len(rest)]
-        groups = sorted({"@" + d.group for d in docs.values() if d.group})
-        topics = [*sorted(docs), *groups]
-        return [head + t for t in topics if t.lower().startswith(rest.lower())]
-    words = line.split(" ")
-    if len(words) == 1:
-        names = [n for n in sorted(docs) if " " not in n] + list(extra)
-        return [n for n in names if n.lower().startswith(lower)]
-    if len(words) == 2 and words[0]:
-        prefix = words[0].upper() + " "
-        subs = [n for n in sorted(docs) if n.startswith(prefix)]
-        return [words[0] + " " + n[len(prefix) :] for n in subs if n.lower().startswith(lower)]
-    return []
+    def text(arg: Argument) -> str:
+        nested = [text(a) for a in arg.arguments]
+        return synopsis(arg.name, arg.type, arg.token, arg.flags, nested)
 
-
-def _line_bytes(line: str) -> bytes:
-    return line.encode("utf-8", "surrogateescape")
+    docs: dict[str, CommandDoc] = {}
+    for spec in CommandTable.bundled().all_commands():
+        for entry in (spec, *spec.subcommands.values()):
+            docs[entry.display_name] = CommandDoc(
+                name=entry.display_name,
+                params=" ".join(text(a) for a in entry.arguments),
+                summary=entry.summary,
+                since=entry.since,
+                group=entry.group,
+            )
+    return docs
 
 
 # --------------------------------------------------------------------------------------------
-# Line editing (pure state; the shell drives the terminal)
+# Cluster views (the shell's own commands; nothing like them in redis-cli)
 # --------------------------------------------------------------------------------------------
 
-# Escape sequences a terminal sends for editing keys, by name.
-_KEY_SEQUENCES = {
-    "\x1b[A": "up",
-    "\x1b[B": "down",
-    "\x1b[C": "right",
-    "\x1b[D": "left",
-    "\x1b[H": "home",
-    "\x1b[F": "end",
-    "\x1bOH": "home",
-    "\x1bOF": "end",
-    "\x1bOA": "up",
-    "\x1bOB": "down",
-    "\x1bOC": "right",
-    "\x1bOD": "left",
-    "\x1b[1~": "home",
-    "\x1b[7~": "home",
-    "\x1b[4~": "end",
-    "\x1b[8~": "end",
-    "\x1b[3~": "delete",
-}
-_CONTROL_KEYS = {
-    "\r": "enter",
-    "\n": "enter",
-    "\x01": "home",
-    "\x02": "left",
-    "\x03": "interrupt",
-    "\x04": "eof",
-    "\x05": "end",
-    "\x06": "right",
-    "\x08": "backspace",
-    "\x7f": "backspace",
-    "\t": "tab",
-    "\x0b": "kill-end",
-    "\x0c": "clear-screen",
-    "\x0e": "down",
-    "\x10": "up",
-    "\x15": "kill-start",
-    "\x17": "kill-word",
-}
-_ESCAPE_START = re.compile(r"\x1b(\[[0-9;]*|O)?\Z")
-_ESCAPE_FULL = re.compile(r"\x1b(\[[0-9;]*[~A-Za-z]|O[A-Za-z]|.)", re.DOTALL)
+_S = TypeVar("_S", str, bytes)
 
 
-def decode_keys(text: str) -> tuple[list[str], str]:
-    """Split terminal input into keys: a key name (``"left"``, ``"enter"``) or literal text.
+def common_prefix(items: Sequence[_S]) -> _S:
+    """The longest prefix every item shares (``items`` must not be empty)."""
+    if not items:
+        raise ValueError("no items")
+    first, last = min(items), max(items)
+    size = 0
+    while size < len(first) and first[size : size + 1] == last[size : size + 1]:
+        size += 1
+    return first[:size]
 
-    Returns:
-        The keys, and a trailing incomplete escape sequence to prepend to the next input.
+
+def format_ranges(ranges: Sequence[tuple[int, int]]) -> str:
+    """Slot ranges as ``0-5460,5462``."""
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
+
+
+def format_topology(topology: Topology | None, address: str) -> str:
+    """``:topology``: one line per master (slots) and per replica, then unassigned slots.
+
+    ``topology`` None: the server at ``address`` is not a cluster.
     """
-    keys: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\x1b":
-            match = _ESCAPE_FULL.match(text, i)
-            if match is None or _ESCAPE_START.fullmatch(text[i:]):
-                return keys, text[i:]
-            keys.append(_KEY_SEQUENCES.get(match.group(), "ignore"))
-            i = match.end()
-        elif ch in _CONTROL_KEYS:
-            keys.append(_CONTROL_KEYS[ch])
-            i += 1
-        elif ch < " ":
-            keys.append("ignore")
-            i += 1
+    if topology is None:
+        return f"not a cluster: standalone server {address}\n"
+    lines = []
+    for node in topology.nodes:
+        health = "" if node.health == "online" else f" [{node.health}]"
+        if node.is_master:
+            count = sum(end - start + 1 for start, end in node.slots)
+            ranges = format_ranges(topology.ranges(node)) or "none"
+            lines.append(f"master  {node.id[:8]}  {node.address}{health}  slots {ranges} ({count})")
         else:
-            j = i + 1
-            while j < len(text) and text[j] >= " " and text[j] not in "\x1b\x7f":
-                j += 1
-            keys.append("text:" + text[i:j])
-            i = j
-    return keys, ""
+            lines.append(f"  replica {node.id[:8]}  {node.address}{health}")
+    if not topology.covered():
+        lines.append(f"unassigned slots: {format_ranges(topology.unassigned())}")
+    return "\n".join(lines) + "\n"
 
 
-class LineBuffer:
-    """The line being edited: text, cursor and history browsing (no terminal I/O).
-
-    ``history`` is shared with the caller, oldest first; browsing it never changes it.
-    """
-
-    def __init__(self, history: Sequence[str] = ()) -> None:
-        self.text = ""
-        self.pos = 0
-        self._history = list(history)
-        self._index = len(self._history)  # len(history) = the line being typed
-        self._draft = ""
-
-    def apply(self, key: str) -> None:
-        """Apply one editing key from :func:`decode_keys` (enter/tab/eof are the caller's)."""
-        text, pos = self.text, self.pos
-        if key.startswith("text:"):
-            chunk = key[5:]
-            self.text = text[:pos] + chunk + text[pos:]
-            self.pos = pos + len(chunk)
-        elif key == "backspace" and pos > 0:
-            self.text = text[: pos - 1] + text[pos:]
-            self.pos = pos - 1
-        elif key == "delete":
-            self.text = text[:pos] + text[pos + 1 :]
-        elif key == "left":
-            self.pos = max(0, pos - 1)
-        elif key == "right":
-            self.pos = min(len(text), pos + 1)
-        elif key == "home":
-            self.pos = 0
-        elif key == "end":
-            self.pos = len(text)
-        elif key == "kill-end":
-            self.text = text[:pos]
-        elif key == "kill-start":
-            self.text, self.pos = text[pos:], 0
-        elif key == "kill-word":
-            start = len(text[:pos].rstrip(" "))
-            start = text.rfind(" ", 0, start) + 1
-            self.text, self.pos = text[:start] + text[pos:], start
-        elif key in ("up", "down"):
-            self._browse(-1 if key == "up" else 1)
-
-    def _browse(self, step: int) -> None:
-        target = self._index + step
-        if not 0 <= target <= len(self._history):
-            return
-        if self._index == len(self._history):
-            self._draft = self.text
-        self._index = target
-        self.set(self._draft if target == len(self._history) else self._history[target])
-
-    def set(self, text: str) -> None:
-        self.text, self.pos = text, len(text)
-
-    def render(self, prompt: str, hint: str | None, columns: int) -> str:
-        """The escape sequence that redraws the line, linenoise's single-line style.
-
-        The view scrolls so the cursor stays visible; the hint is shown in grey after the text
-        when it fits.
-        """
-        columns = max(columns, len(prompt) + 2)
-        text, pos = self.text, self.pos
-        start = 0
-        while len(prompt) + pos - start >= columns:
-            start += 1
-        visible = text[start:][: columns - len(prompt)]
-        room = columns - len(prompt) - len(visible)
-        shown_hint = ""
-        if hint and room > 0 and start == 0 and pos == len(text):
-            shown_hint = _GREY + hint[:room] + _RESET
-        cursor = len(prompt) + pos - start
-        move = f"\r\x1b[{cursor}C" if cursor else "\r"
-        return "\r" + prompt + visible + shown_hint + "\x1b[0K" + move
+def format_slot(key: bytes, owner: Node | None) -> str:
+    """``:slot``: a key's slot, hash tag and owning master (one line, no newline)."""
+    slot = key_slot(key)
+    tag = hash_tag(key)
+    line = f"{join_args([key])}: slot {slot}"
+    if tag != key:
+        line += f" (hash tag {join_args([tag])})"
+    if owner is not None:
+        line += f", master {owner.address} ({owner.id[:8]})"
+    return line
 
 
-# Lines that carry secrets and so never reach the history file.
-_SECRET_CONFIG = frozenset({b"requirepass", b"masterauth", b"masteruser", b"tls-key-file-pass"})
+def _tag_example(keys: Sequence[bytes]) -> str:
+    """A hash-tagged version of the keys: their common prefix (to the last ``:``) as the tag."""
+    prefix = common_prefix(keys)
+    cut = prefix.rfind(b":")
+    if cut > 0:
+        tag = prefix[:cut]
+        tagged = [b"{" + tag + b"}" + k[len(tag) :] for k in keys]
+    else:
+        tag = hash_tag(keys[0]) if keys else b"tag"
+        tagged = [b"{" + tag + b"}" + k for k in keys]
+    return join_args(tagged[:4]) + (" ..." if len(tagged) > 4 else "")
 
 
-def is_secret_line(line: str) -> bool:
-    """Whether a typed line may carry a password (AUTH, HELLO ... AUTH, ACL SETUSER...).
-
-    A line that does not split is judged by its text: secret if it mentions ``auth``.
-    """
-    try:
-        words = [w.lower() for w in split_line(_line_bytes(line))]
-    except ArgumentError:
-        return "auth" in line.lower() or "pass" in line.lower()
-    if len(words) > 1 and re.fullmatch(rb"\s*[+-]?\d+", words[0]):
-        words = words[1:]  # "3 AUTH ..." (a repeat count)
-    if not words:
-        return False
-    name, rest = words[0], words[1:]
-    if name == b"auth":
-        return True
-    if name == b"hello" or name == b"migrate":
-        return b"auth" in rest or b"auth2" in rest
-    if name == b"acl":
-        return rest[:1] == [b"setuser"]
-    if name == b"config":
-        return rest[:1] == [b"set"] and any(w in _SECRET_CONFIG for w in rest[1:])
-    return False
+def crossslot_hint(keys: Sequence[bytes], topology: Topology | None) -> str:
+    """The hint after a CROSSSLOT error: each key's slot and owner, and a hash-tag example."""
+    lines = ["hint: these keys hash to different slots, so one command cannot take them:"]
+    for key in keys:
+        slot = key_slot(key)
+        owner = topology.slot_owner(slot) if topology else None
+        where = f" on {owner.address}" if owner else ""
+        lines.append(f"  {join_args([key])} -> slot {slot}{where}")
+    lines.append(f"  a common hash tag keeps them in one slot, e.g. {_tag_example(keys)}")
+    return "\n".join(lines)

@@ -1,77 +1,79 @@
 """The ``cli`` mode: a redis-cli compatible shell that also understands clusters.
 
 ``redis-client cli [-h HOST] [-p PORT] [-t] [-c] [-u USER] [-a PASS] [TLS flags] [-3]
-[--raw | --no-raw] [-r N] [-i SECONDS] [COMMAND [ARG ...]]``
+[--raw | --no-raw] [--show-pushes yes|no] [--read-from master|replica|prefer-replica]
+[-r N] [-i SECONDS] [COMMAND [ARG ...]]``
 
-Three ways to run, chosen as redis-cli chooses:
+Three ways to run, chosen as redis-cli chooses: **one-shot** (a command on the command line
+runs ``-r N`` times, ``-i S`` apart; exit 0 even after an error reply, 1 when the server cannot
+be reached or the connection breaks), **piped** (stdin is not a terminal: one command a line; bad
+lines give ``Invalid argument(s)`` and the run goes on; exit 1 if a command met a connection
+error) and the **REPL** (:mod:`client.lineedit`: history, completion, hints; ``help COMMAND``;
+confirmation before FLUSHALL, FLUSHDB, SHUTDOWN, and KEYS on more than 100 000 keys). Output is
+typed on a terminal (or ``--no-raw``), raw otherwise (or ``--raw``), both byte-identical to
+redis-cli (:mod:`client.cliformat`).
 
-* **one-shot**: a command on the command line runs (``-r N`` times, ``-i S`` apart), its replies
-  are printed and the program exits 0, even after an error reply (as redis-cli without ``-e``);
-  1 when the server cannot be reached or the connection breaks;
-* **piped**: stdin is not a terminal, so each line is a command; replies are printed, bad lines
-  give ``Invalid argument(s)`` and the run goes on (exit 1 if a command met a connection error);
-* **REPL**: a prompt ``host:port>`` with history (``~/.redis-client_history``, mode 0600, never
-  AUTH / HELLO ... AUTH lines; ``REDIS_CLIENT_HISTFILE`` moves it, empty disables it), Tab
-  completion and grey argument hints from COMMAND DOCS, ``help COMMAND``, Ctrl-C to clear the line
-  or stop a running command, Ctrl-D / ``exit`` / ``quit`` to leave, and confirmation before
-  FLUSHALL, FLUSHDB, SHUTDOWN, and KEYS on more than 100 000 keys.
-
-Output is typed when stdout is a terminal (or ``--no-raw``) and raw otherwise (or ``--raw``);
-both are byte-identical to redis-cli (see :mod:`client.cliformat`).
+RESP3 pushes that arrive between replies (client-side caching ``invalidate`` after ``CLIENT
+TRACKING ON``) are printed as redis-cli 7 prints them: before the reply of the next command (the
+REPL also prints them before its next prompt), ``-> invalidate: 'k'`` in typed mode, as a reply
+otherwise; shown when stdout is a terminal or with ``--show-pushes yes`` (as redis-cli).
 
 With ``-c`` the shell talks to one node at a time, as redis-cli does: MOVED and ASK are
 followed and announced with ``-> Redirected to slot [N] located at host:port`` (REPL and piped
-use), and the prompt shows the node that answered last. A CROSSSLOT error is followed by a hint
-with each key's slot and owner and a hash-tag suggestion. Shell commands (all modes):
+use), SSUBSCRIBE included, and the prompt shows the node that answered last. A CROSSSLOT error
+gets a hint with each key's slot and owner. Shell commands (``:topology``, ``:slot``,
+``:cluster dbsize|keys|scan``) are listed by ``:help``.
 
-``:topology``            nodes, roles and slot ranges
-``:slot KEY ...``        each key's slot, hash tag and owning node
-``:cluster dbsize``      DBSIZE of every master, and the total
-``:cluster keys PAT``    KEYS PAT on every master, with a per-node count
-``:cluster scan [MATCH PAT] [COUNT N] [TYPE T]``   a full SCAN of every master, counted per node
-``:help``                this list
-
-In raw mode the per-node counts go to stderr, so stdout holds only keys.
+Reading from replicas (``-c --read-from replica|prefer-replica``; default ``master``)
+------------------------------------------------------------------------------------
+A read-only command (the command table's ``readonly`` flag) whose keys share a slot goes to a
+replica of the slot's master, chosen, health-checked and redirected by the cluster client
+(:func:`client.cluster.open_cluster`, READONLY connections). ``prefer-replica`` falls back to the
+master when the shard has no healthy replica; ``replica`` then fails with a one-line error.
+Everything else runs on the masters as above: writes, keyless commands (DBSIZE, SCAN... on the
+node in use, as redis-cli), blocking reads (XREAD) and reads that must see the session's writes
+(:class:`Affinity`: in MULTI, after WATCH, after a write). Before each reply a read names its
+node: ``-> Read from replica host:port`` or ``-> Read from master host:port (why)``, on stdout in
+the REPL and piped use (like redirect notes), on stderr in one-shot use; the prompt shows it.
+Outside the affinity windows a replica may lag its master: reads are eventually consistent.
+SCAN-family cursors (HSCAN...) are valid on one node only; a shard with several replicas may
+spread them.
 """
 
 from __future__ import annotations
 
 import argparse
-import codecs
 import contextlib
-import functools
 import os
 import re
-import signal
 import sys
-import termios
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from types import FrameType
-from typing import TypeVar, cast
+from typing import cast
 
 import trio
 
 from client.cliformat import (
+    HELPER_HELP,
+    SHELL_EPILOG,
     ArgumentError,
     CommandDoc,
-    LineBuffer,
-    command_hint,
-    completions,
-    decode_keys,
-    format_command_help,
+    bundled_docs,
+    crossslot_hint,
+    format_help,
+    format_push,
+    format_ranges,
     format_reply,
-    is_secret_line,
-    join_args,
+    format_slot,
+    format_topology,
     parse_command_docs,
     split_line,
-    synopsis,
     wants_raw_output,
 )
-from client.commands import Argument, CommandTable
+from client.cluster import ClusterClient, open_cluster
+from client.commands import CommandSpec, CommandTable
 from client.connection import Connection, open_authenticated_stream, open_connection
 from client.errors import (
     ConfigError,
@@ -80,29 +82,30 @@ from client.errors import (
     RedisConnectionError,
     RedisToolkitError,
     RespProtocolError,
+    UnroutableError,
 )
+from client.lineedit import History, TerminalEditor, history_path, run_repl, stdin_lines
 from client.main import Mode
 from client.options import ServerOptions, add_server_arguments, server_options
+from client.replicas import READ_FROM_CHOICES, ReadFrom, parse_read_from
 from client.resp import NEED_DATA, RespParser, encode_command
-from client.slots import hash_tag, key_slot
+from client.slots import key_slot
 from client.tasks import open_service_nursery
-from client.topology import Node, Topology, parse_cluster_shards, parse_cluster_slots
+from client.topology import Topology, parse_cluster_shards, parse_cluster_slots
 from client.topology import parse_redirect as parse_redirect_reply
 from client.values import ErrorReply, RespMap, RespValue
 
-__all__ = ["MODE", "configure", "run"]
+__all__ = ["MODE", "Affinity", "configure", "run"]
 
 CONNECT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024  # longest stdin line accepted (redis-cli has no bound)
 MAX_REDIRECTS = 16
 KEYS_CONFIRM_THRESHOLD = 100_000
-HISTORY_LENGTH = 1000
-HISTORY_ENV = "REDIS_CLIENT_HISTFILE"
 _SLOW = 0.5  # redis-cli prints "(1.23s)" after commands this slow (typed mode, not one-shot)
 _STREAMING = frozenset({b"subscribe", b"psubscribe", b"ssubscribe", b"monitor"})
 _DANGEROUS = frozenset({b"flushall", b"flushdb", b"shutdown"})
+_TRANSACTION = frozenset({b"multi", b"exec", b"discard", b"watch", b"unwatch"})
 _HELPERS = (":topology", ":slot", ":cluster", ":help")
-_S = TypeVar("_S", str, bytes)
 
 
 # -------------------------------------------------------------------------------------- flags
@@ -120,6 +123,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-raw", dest="raw", action="store_const", const=False, help="typed output, always"
     )
     group.add_argument(
+        "--show-pushes",
+        dest="show_pushes",
+        type=str.lower,
+        choices=("yes", "no"),
+        help="print RESP3 pushes (default: when stdout is a terminal, as redis-cli)",
+    )
+    group.add_argument(
+        "--read-from",
+        dest="read_from",
+        default="master",
+        metavar="|".join(READ_FROM_CHOICES),
+        help="with -c: where read-only commands go (default master)",
+    )
+    group.add_argument(
         "-r", dest="repeat", type=int, default=1, metavar="N", help="run the command N times"
     )
     group.add_argument(
@@ -127,24 +144,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = _EPILOG
+    parser.epilog = SHELL_EPILOG
     # "-3" looks like a negative number, which would make argparse read "-r -1" as two flags.
     parser._has_negative_number_optionals.clear()
-
-
-_EPILOG = """\
-With a COMMAND: run it and exit (status 0, even after an error reply, as redis-cli).
-Without one: read commands from stdin when it is not a terminal, else start a REPL
-(history in ~/.redis-client_history, Tab completion, hints, help COMMAND).
-
-shell commands (in every mode):
-  :topology                      nodes, roles and slot ranges
-  :slot KEY [KEY ...]            each key's slot, hash tag and owning master
-  :cluster dbsize                DBSIZE of every master, and the total
-  :cluster keys PATTERN          KEYS PATTERN on every master, counted per node
-  :cluster scan [MATCH P] [COUNT N] [TYPE T]
-                                 a full SCAN of every master, counted per node
-"""
 
 
 @dataclass(frozen=True)
@@ -158,13 +160,22 @@ class Settings:
     interval: float
     interactive: bool  # a REPL on a terminal: prompts, confirmations, Ctrl-C handling
     chatty: bool  # REPL or piped (redis-cli's "interactive"): redirect notes, slow-command times
+    show_pushes: bool = False
+    read_from: ReadFrom = "master"
 
 
 def run(ns: argparse.Namespace) -> int:
     opts = server_options(ns)
     if ns.interval < 0:
         raise ConfigError(f"invalid -i {ns.interval:g}: the interval cannot be negative")
+    read_from = parse_read_from(ns.read_from)
+    if read_from != "master" and not opts.cluster:
+        raise ConfigError(
+            f"--read-from {read_from} needs cluster mode",
+            hint="add -c; a standalone server has no replicas to choose from",
+        )
     raw = ns.raw if ns.raw is not None else not sys.stdout.isatty()
+    show_pushes = sys.stdout.isatty() if ns.show_pushes is None else ns.show_pushes == "yes"
     words = [os.fsencode(w) for w in ns.command]
     one_shot = bool(words)
     interactive = not one_shot and sys.stdin.isatty()
@@ -176,6 +187,8 @@ def run(ns: argparse.Namespace) -> int:
         interval=ns.interval,
         interactive=interactive,
         chatty=not one_shot,
+        show_pushes=show_pushes,
+        read_from=read_from,
     )
     if one_shot:
         return trio.run(_one_shot, cfg, words)
@@ -198,6 +211,65 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
+# ------------------------------------------------------------------------------ read routing
+
+
+class Affinity:
+    """Read-your-writes: when a read must stay on the master (pure; fed by :meth:`record`).
+
+    ==========================================  ============================================
+    command (after it ran)                      effect
+    ==========================================  ============================================
+    MULTI (accepted) / EXEC, DISCARD            ``in_multi`` starts / ends (and ``watching``)
+    WATCH (accepted) / UNWATCH                  ``watching`` starts / ends
+    read-only (``readonly`` flag)               none
+    may write: ``write`` flag, or keys and      ``wrote`` starts (or goes on)
+    not read-only (EVAL, FCALL...)
+    anything else (PING, INFO, CLIENT...)       ``wrote`` ends
+    ==========================================  ============================================
+
+    A dropped connection (Ctrl-C, connection lost) ends ``in_multi`` and ``watching``, which
+    lived on it (:meth:`reset`). Consistency: with ``master`` every read sees every write the
+    server acknowledged; with a replica policy the reads in these windows see the session's own
+    writes (same connection), and other reads may lag by the replication delay.
+    """
+
+    def __init__(self) -> None:
+        self.in_multi = False
+        self.watching = False
+        self.wrote = False
+
+    def master_reason(self) -> str | None:
+        """Why the next read must go to the master, or None when a replica may serve it."""
+        if self.in_multi:
+            return "in MULTI"
+        if self.watching:
+            return "after WATCH"
+        if self.wrote:
+            return "after a write"
+        return None
+
+    def record(self, name: bytes, spec: CommandSpec | None, has_keys: bool, ok: bool) -> None:
+        """Account for a command that ran (``name`` lower case; ``ok``: no error reply)."""
+        if name == b"multi":
+            self.in_multi = self.in_multi or ok
+        elif name in (b"exec", b"discard"):
+            self.in_multi = self.watching = False
+        elif name == b"watch":
+            self.watching = self.watching or ok
+        elif name == b"unwatch":
+            self.watching = False
+        elif spec is None or spec.readonly:
+            return
+        elif spec.write or has_keys:
+            self.wrote = True
+        else:
+            self.wrote = False
+
+    def reset(self) -> None:
+        self.in_multi = self.watching = False
+
+
 # ----------------------------------------------------------------------------------- session
 
 
@@ -205,6 +277,8 @@ class Session:
     """The connections of one shell run: the node in use, and one cached connection per node.
 
     Make it with :func:`open_session`. Connections open lazily and re-open after a failure.
+    With a replica policy, a :class:`~client.cluster.ClusterClient` (opened on the first read)
+    serves the reads that may go to replicas.
     """
 
     def __init__(self, cfg: Settings, nursery: trio.Nursery) -> None:
@@ -212,18 +286,21 @@ class Session:
         self.current = cfg.opts
         self.connected = False
         self.db = 0
-        self.in_multi = False
+        self.affinity = Affinity()
+        self.shown: str | None = None  # the node that answered last, when not ``current``
         self._nursery = nursery
         self._held: dict[str, tuple[Connection, trio.Event]] = {}
         self._topology: Topology | None = None
         self._answered: set[str] = set()  # nodes that have answered once
+        self._cluster: ClusterClient | None = None
 
     @property
     def prompt(self) -> str:
         if not self.connected:
             return "not connected> "
         db = f"[{self.db}]" if self.db else ""
-        return f"{self.current.address}{db}{'(TX)' if self.in_multi else ''}> "
+        tx = "(TX)" if self.affinity.in_multi else ""
+        return f"{self.shown or self.current.address}{db}{tx}> "
 
     async def connection(self, target: ServerOptions | None = None) -> Connection:
         """The live connection to ``target`` (default: the node in use), opened if needed."""
@@ -268,7 +345,18 @@ class Session:
         for _, stop in self._held.values():
             stop.set()
         self._held.clear()
-        self.in_multi = False
+        self.affinity.reset()
+
+    def drain_pushes(self) -> list[RespValue]:
+        """The pushes waiting on every connection (client-side caching invalidations...)."""
+        pushes: list[RespValue] = []
+        for conn, _ in self._held.values():
+            while True:
+                try:
+                    pushes.append(conn.next_push_nowait())
+                except (trio.WouldBlock, RedisConnectionError):
+                    break
+        return pushes
 
     async def request(self, args: Sequence[bytes], *, on: ServerOptions | None = None) -> RespValue:
         conn = await self.connection(on)
@@ -287,17 +375,95 @@ class Session:
             else:
                 reply = await conn.request(*args)
             self._answered.add(self.current.address)
-            if not (self.cfg.opts.cluster and isinstance(reply, ErrorReply)):
-                return reply
-            redirect = parse_redirect_reply(reply.message)
+            self.shown = None
+            redirect = self.redirect_of(reply)
             if redirect is None:
                 return reply
-            kind, slot, host, port = redirect
-            self.current = self.current.at(host or self.current.host, port)
-            self._topology = None if kind == "MOVED" else self._topology
-            asking = kind == "ASK"
-            note(f"-> Redirected to slot [{slot}] located at {self.current.address}")
+            asking = self.follow(redirect, note)
         return reply
+
+    def follow(self, redirect: tuple[str, int, str, int], note: Callable[[str], None]) -> bool:
+        """Make the node a MOVED/ASK names the node in use and announce it; True for ASK."""
+        kind, slot, host, port = redirect
+        self.current = self.current.at(host or self.current.host, port)
+        self.shown = None
+        self._topology = None if kind == "MOVED" else self._topology
+        note(f"-> Redirected to slot [{slot}] located at {self.current.address}")
+        return kind == "ASK"
+
+    def redirect_of(self, reply: RespValue) -> tuple[str, int, str, int] | None:
+        """The MOVED/ASK in ``reply`` when in cluster mode, else None."""
+        if not (self.cfg.opts.cluster and isinstance(reply, ErrorReply)):
+            return None
+        return parse_redirect_reply(reply.message)
+
+    # -- replica reads -------------------------------------------------------------------------
+
+    @property
+    def commands(self) -> CommandTable:
+        """The cluster client's command table (the server's) once open, else the bundled one."""
+        return self._cluster.commands if self._cluster is not None else CommandTable.bundled()
+
+    def keyed_read(self, args: Sequence[bytes]) -> CommandSpec | None:
+        """The spec of ``args`` when it is a read-only command whose keys share one slot.
+
+        Other commands (and cross-slot reads, for the server's CROSSSLOT error and our hint)
+        run on the node in use.
+        """
+        spec = self.commands.lookup(args)
+        if spec is None or not spec.readonly:
+            return None
+        try:
+            slots = {key_slot(args[i]) for i in self.commands.key_indexes(args)}
+        except UnroutableError:
+            return None
+        return spec if len(slots) == 1 else None
+
+    def has_keys(self, args: Sequence[bytes]) -> bool:
+        try:
+            return bool(self.commands.key_indexes(args))
+        except UnroutableError:
+            return False
+
+    async def cluster_client(self) -> ClusterClient:
+        """The cluster client for replica reads, opened (replicas probed) on first use."""
+        if self._cluster is None:
+            try:
+                with trio.fail_after(3 * CONNECT_TIMEOUT):
+                    self._cluster = await self._nursery.start(self._hold_cluster)
+            except trio.TooSlowError:
+                msg = f"the cluster behind {self.cfg.opts.address} did not answer in time"
+                raise ConnectError(msg, hint="use --read-from master to skip replicas") from None
+        return self._cluster
+
+    async def _hold_cluster(
+        self, *, task_status: trio.TaskStatus[ClusterClient] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with open_cluster(
+            self.cfg.opts, protocol=self.cfg.protocol, read_from=self.cfg.read_from
+        ) as client:
+            task_status.started(client)
+            await trio.sleep_forever()
+
+    async def read_routed(self, args: Sequence[bytes]) -> tuple[RespValue, str]:
+        """Run a read by the replica policy: the reply, and who answered (for the note).
+
+        Raises:
+            NoReplicaError: ``--read-from replica`` and the shard has no healthy replica.
+        """
+        client = await self.cluster_client()
+        fallbacks = client.statistics().master_fallbacks
+        reply, node = await client.request_routed(*args)
+        address = client.options_for(node).address
+        self._answered.add(address)
+        self.shown = address
+        if not node.is_master:
+            return reply, f"replica {address}"
+        if client.statistics().master_fallbacks > fallbacks:
+            return reply, f"master {address} (no healthy replica)"
+        return reply, f"master {address}"
+
+    # -- cluster views -------------------------------------------------------------------------
 
     def explain(self, exc: RedisConnectionError) -> RedisConnectionError:
         """Add a hint to a connection lost before the node ever answered (a TLS port?)."""
@@ -321,9 +487,6 @@ class Session:
                 topology = parse_cluster_shards(reply, tls=self.cfg.opts.tls is not None)
             self._topology = topology
         return self._topology
-
-    def node_options(self, node: Node) -> ServerOptions:
-        return self.current.at(node.host or self.current.host, node.port)
 
 
 @asynccontextmanager
@@ -353,6 +516,12 @@ class Shell:
     def note(self, text: str) -> None:
         if self.cfg.chatty:
             _out(text.encode() + b"\n")
+
+    def show_pushes(self) -> None:
+        """Print (or, without --show-pushes, drop) the pushes that came since the last reply."""
+        for push in self.session.drain_pushes():
+            if self.cfg.show_pushes:
+                _out(format_push(push, raw=self.cfg.raw))
 
     async def run_line(self, line: bytes) -> bool:
         """Run one typed line (REPL or piped). Returns False when the user asked to leave."""
@@ -402,16 +571,42 @@ class Shell:
         try:
             while repeat != 0:
                 repeat -= 1 if repeat > 0 else 0
+                self.show_pushes()  # those that came before this command's reply
                 if name in _STREAMING:
                     await self.stream(args)
                     return
-                reply = await self.session.send(args, self.note)
+                reply = await self.execute(args)
                 _out(format_reply(reply, raw=self.cfg.raw, verbatim=wants_raw_output(args)))
                 await self.after(args, reply)
                 if self.cfg.interval:
                     await trio.sleep(self.cfg.interval)
         except RedisToolkitError as exc:
             self.report(exc)
+
+    async def execute(self, args: list[bytes]) -> RespValue:
+        """Run one command where it belongs: a replica for reads (see the module docs), else
+        the node in use. A read's node is announced before its reply."""
+        session = self.session
+        spec = session.keyed_read(args) if self.cfg.read_from != "master" else None
+        if spec is None:
+            return await session.send(args, self.note)
+        why = session.affinity.master_reason() or ("blocking command" if spec.blocking else None)
+        if why is None:
+            reply, answered = await session.read_routed(args)
+        else:
+            reply = await session.send(args, self.note)
+            if session.affinity.in_multi:
+                return reply  # queued on the master; EXEC answers
+            answered = f"master {session.current.address} ({why})"
+        self.read_note(f"-> Read from {answered}")
+        return reply
+
+    def read_note(self, text: str) -> None:
+        """Which node answered a read: stdout in the REPL and piped use, else stderr."""
+        if self.cfg.chatty:
+            _out(text.encode() + b"\n")
+        else:
+            _err(text)
 
     def report(self, exc: RedisToolkitError) -> None:
         """A failed command: raise in one-shot mode (main prints it, exit 1), else print it."""
@@ -427,15 +622,14 @@ class Shell:
         _err(f"Error: {error}")
 
     async def after(self, args: list[bytes], reply: RespValue) -> None:
-        """Track SELECT/MULTI for the prompt; explain CROSSSLOT errors."""
+        """Track SELECT/MULTI/writes for the prompt and the reads; explain CROSSSLOT errors."""
         name, ok = args[0].lower(), not isinstance(reply, ErrorReply)
         session = self.session
         if name == b"select" and len(args) == 2 and ok and args[1].isdigit():
             session.db = int(args[1])
-        elif name == b"multi" and ok:
-            session.in_multi = True
-        elif name in (b"exec", b"discard"):
-            session.in_multi = False
+        spec = None if name in _TRANSACTION else session.commands.lookup(args)
+        has_keys = spec is not None and not spec.readonly and session.has_keys(args)
+        session.affinity.record(name, spec, has_keys, ok)
         if isinstance(reply, ErrorReply) and reply.kind == "CROSSSLOT":
             with contextlib.suppress(RedisToolkitError, ValueError):
                 await self.crossslot_hint(args)  # a hint is a bonus: never fail over it
@@ -445,27 +639,38 @@ class Shell:
         if not isinstance(keys, list) or not all(isinstance(k, bytes) for k in keys):
             return
         key_list = [k for k in keys if isinstance(k, bytes)]
-        topology = await self.session.topology()
-        lines = ["hint: these keys hash to different slots, so one command cannot take them:"]
-        for key in key_list:
-            slot = key_slot(key)
-            owner = topology.slot_owner(slot) if topology else None
-            where = f" on {owner.address}" if owner else ""
-            lines.append(f"  {join_args([key])} -> slot {slot}{where}")
-        lines.append(f"  a common hash tag keeps them in one slot, e.g. {_tag_example(key_list)}")
-        _err("\n".join(lines))
+        _err(crossslot_hint(key_list, await self.session.topology()))
 
     async def stream(self, args: list[bytes]) -> None:
-        """SUBSCRIBE / MONITOR: print every reply that arrives, until Ctrl-C or disconnection."""
-        target = self.session.current
+        """SUBSCRIBE / SSUBSCRIBE / MONITOR: print every reply until Ctrl-C or disconnection.
+
+        In cluster mode a MOVED or ASK (SSUBSCRIBE to a channel of another shard) is followed
+        as redis-cli 7 does: the redirect note, then the command again on the node named.
+        """
+        asking = False
+        for _ in range(MAX_REDIRECTS):
+            redirect = await self._stream_from(self.session.current, args, asking)
+            if redirect is None:
+                return
+            asking = self.session.follow(redirect, self.note)
+
+    async def _stream_from(
+        self, target: ServerOptions, args: list[bytes], asking: bool
+    ) -> tuple[str, int, str, int] | None:
+        """Stream from one node; the redirect when it answers MOVED/ASK, else None at the end.
+
+        An error reply ends the stream, as it ends redis-cli's pub/sub mode.
+        """
         stream = await open_authenticated_stream(
             target, protocol=3 if self.cfg.protocol == 3 else None
         )
         try:
-            await stream.send_all(encode_command(*args))
+            command = encode_command(*args)
+            await stream.send_all(encode_command(b"ASKING") + command if asking else command)
             if args[0].lower() != b"monitor" and not self.cfg.raw:
                 _out(b"Reading messages... (press Ctrl-C to quit)\n")
             parser = RespParser()
+            skip = 1 if asking else 0  # ASKING's +OK
             while True:
                 value = parser.next_value()
                 if value is NEED_DATA:
@@ -474,10 +679,18 @@ class Shell:
                         parser.feed_eof()
                         parser.next_value()
                         _err(f"Error: {target.address} closed the connection")
-                        return
+                        return None
                     parser.feed(data)
                     continue
+                if skip:
+                    skip -= 1
+                    continue
+                redirect = self.session.redirect_of(value)
+                if redirect is not None:
+                    return redirect
                 _out(format_reply(value, raw=self.cfg.raw))
+                if isinstance(value, ErrorReply):
+                    return None
         except (trio.BrokenResourceError, RespProtocolError) as exc:
             raise ConnectError(f"connection to {target.address} lost: {exc}") from exc
         finally:
@@ -519,28 +732,13 @@ class Shell:
             try:
                 docs = parse_command_docs(await self.session.request([b"COMMAND", b"DOCS"]))
             except RedisConnectionError:
-                return _bundled_docs()  # not cached: the server may come back
-            self.docs = docs or _bundled_docs()  # Redis < 7 has no COMMAND DOCS
+                return bundled_docs()  # not cached: the server may come back
+            self.docs = docs or bundled_docs()  # Redis < 7 has no COMMAND DOCS
         return self.docs
 
     async def help(self, topic: list[bytes]) -> None:
         docs = await self.load_docs()
-        color = sys.stdout.isatty()
-        if not topic:
-            _out(_GENERIC_HELP.encode())
-            return
-        words = [t.decode("utf-8", "replace") for t in topic]
-        if words[0].startswith("@"):
-            group = words[0][1:].lower()
-            found = [d for d in docs.values() if d.group == group]
-            text = "".join(format_command_help(d, color=color, with_group=False) for d in found)
-        else:
-            name = " ".join(words).upper()
-            found = [d for n, d in sorted(docs.items()) if n == name or n.startswith(name + " ")]
-            text = "".join(format_command_help(d, color=color) for d in found)
-        if not found:
-            text = f"no help for {' '.join(words)!r} (COMMAND DOCS of the server has none)\n"
-        _out(text.encode() + b"\n")
+        _out(format_help(topic, docs, color=sys.stdout.isatty()).encode())
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -549,59 +747,36 @@ class Shell:
         sub = args[1].lower() if len(args) > 1 else b""
         try:
             if name == ":slot" and len(args) > 1:
-                await self.show_slots(args[1:])
+                topology = await self.session.topology()
+                for key in args[1:]:
+                    owner = topology.slot_owner(key_slot(key)) if topology else None
+                    _out(format_slot(key, owner).encode() + b"\n")
             elif name == ":topology":
-                await self.show_topology()
+                topology = await self.session.topology()
+                where = self.session.current.address
+                _out(format_topology(topology, where).encode())
             elif name == ":cluster" and sub == b"dbsize":
                 await self.cluster_dbsize()
             elif name == ":cluster" and sub in (b"keys", b"scan"):
                 await self.cluster_keys(sub, args[2:])
             else:
-                _out(_HELPER_HELP.encode())
+                _out(HELPER_HELP.encode())
         except RedisToolkitError as exc:
             self.report(exc)
 
     async def masters(self) -> list[tuple[str, ServerOptions]]:
         """(label, options) of every master, or of the one server when not a cluster."""
-        topology = await self.session.topology()
+        session = self.session
+        topology = await session.topology()
         if topology is None:
-            return [(self.session.current.address, self.session.current)]
+            return [(session.current.address, session.current)]
         return [
-            (f"{m.address} (slots {_ranges(topology, m)})", self.session.node_options(m))
+            (
+                f"{m.address} (slots {format_ranges(topology.ranges(m)) or 'none'})",
+                session.current.at(m.host or session.current.host, m.port),
+            )
             for m in topology.masters()
         ]
-
-    async def show_slots(self, keys: list[bytes]) -> None:
-        topology = await self.session.topology()
-        for key in keys:
-            owner = topology.slot_owner(key_slot(key)) if topology else None
-            tag = hash_tag(key)
-            line = f"{join_args([key])}: slot {key_slot(key)}"
-            if tag != key:
-                line += f" (hash tag {join_args([tag])})"
-            if owner is not None:
-                line += f", master {owner.address} ({owner.id[:8]})"
-            _out(line.encode() + b"\n")
-
-    async def show_topology(self) -> None:
-        topology = await self.session.topology()
-        if topology is None:
-            _out(f"not a cluster: standalone server {self.session.current.address}\n".encode())
-            return
-        lines = []
-        for node in topology.nodes:
-            health = "" if node.health == "online" else f" [{node.health}]"
-            if node.is_master:
-                count = sum(end - start + 1 for start, end in node.slots)
-                ranges = _ranges(topology, node)
-                lines.append(
-                    f"master  {node.id[:8]}  {node.address}{health}  slots {ranges} ({count})"
-                )
-            else:
-                lines.append(f"  replica {node.id[:8]}  {node.address}{health}")
-        if not topology.covered():
-            lines.append(f"unassigned slots: {_format_ranges(topology.unassigned())}")
-        _out(("\n".join(lines) + "\n").encode())
 
     async def cluster_dbsize(self) -> None:
         total = 0
@@ -651,27 +826,6 @@ class Shell:
             cursor = next_cursor
 
 
-@functools.cache
-def _bundled_docs() -> dict[str, CommandDoc]:
-    """Help data from the command snapshot shipped with the package."""
-
-    def text(arg: Argument) -> str:
-        nested = [text(a) for a in arg.arguments]
-        return synopsis(arg.name, arg.type, arg.token, arg.flags, nested)
-
-    docs: dict[str, CommandDoc] = {}
-    for spec in CommandTable.bundled().all_commands():
-        for entry in (spec, *spec.subcommands.values()):
-            docs[entry.display_name] = CommandDoc(
-                name=entry.display_name,
-                params=" ".join(text(a) for a in entry.arguments),
-                summary=entry.summary,
-                since=entry.since,
-                group=entry.group,
-            )
-    return docs
-
-
 def _as_list(value: RespValue) -> list[RespValue]:
     if isinstance(value, list) and not isinstance(value, RespMap):
         return list(value)
@@ -680,55 +834,6 @@ def _as_list(value: RespValue) -> list[RespValue]:
 
 def _reply_text(value: RespValue) -> str:
     return format_reply(value, raw=True).decode("utf-8", "replace").strip()
-
-
-def _common_prefix(items: Sequence[_S]) -> _S:
-    if not items:
-        raise ValueError("no items")
-    first, last = min(items), max(items)
-    size = 0
-    while size < len(first) and first[size : size + 1] == last[size : size + 1]:
-        size += 1
-    return first[:size]
-
-
-def _ranges(topology: Topology, node: Node) -> str:
-    return _format_ranges(topology.ranges(node)) or "none"
-
-
-def _format_ranges(ranges: Sequence[tuple[int, int]]) -> str:
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
-
-
-def _tag_example(keys: list[bytes]) -> str:
-    """A hash-tagged version of the keys: their common prefix (to the last ``:``) as the tag."""
-    prefix = _common_prefix(keys)
-    cut = prefix.rfind(b":")
-    if cut > 0:
-        tag = prefix[:cut]
-        tagged = [b"{" + tag + b"}" + k[len(tag) :] for k in keys]
-    else:
-        tag = hash_tag(keys[0]) if keys else b"tag"
-        tagged = [b"{" + tag + b"}" + k for k in keys]
-    return join_args(tagged[:4]) + (" ..." if len(tagged) > 4 else "")
-
-
-_GENERIC_HELP = """redis-client cli, a redis-cli compatible shell
-To get help about Redis commands type:
-      "help @<group>" to get a list of commands in <group>
-      "help <command>" for help on <command>
-      "help <tab>" to get a list of possible help topics
-      "quit" to exit
-Shell commands (":help" lists them): :topology, :slot KEY, :cluster dbsize|keys|scan
-"""
-
-_HELPER_HELP = """shell commands:
-  :topology                          nodes, roles and slot ranges
-  :slot KEY [KEY ...]                each key's slot, hash tag and owning master
-  :cluster dbsize                    DBSIZE of every master, and the total
-  :cluster keys PATTERN              KEYS PATTERN on every master, counted per node
-  :cluster scan [MATCH P] [COUNT N] [TYPE T]   a full SCAN of every master, counted per node
-"""
 
 
 # ------------------------------------------------------------------------------------- modes
@@ -749,7 +854,7 @@ async def _piped(cfg: Settings) -> int:
         except RedisConnectionError as exc:
             shell.failed = True
             _err(f"Could not connect: {exc}")
-        async for line in _stdin_lines():
+        async for line in stdin_lines(MAX_LINE):
             if line is None:
                 _out(b"Invalid argument(s)\n")
                 _err(f"hint: the line is longer than {MAX_LINE} bytes; it was skipped")
@@ -759,44 +864,8 @@ async def _piped(cfg: Settings) -> int:
     return 1 if shell.failed else 0
 
 
-async def _stdin_lines() -> AsyncIterator[bytes | None]:
-    """Lines of stdin (bytes, without the newline); None for a line over MAX_LINE, skipped."""
-    buffer = bytearray()
-    skipping = False
-    while True:
-        chunk = await trio.to_thread.run_sync(os.read, 0, 1 << 16)
-        if not chunk:
-            if buffer and not skipping:
-                yield bytes(buffer) if len(buffer) <= MAX_LINE else None
-            return
-        buffer += chunk
-        while True:
-            end = buffer.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if skipping:
-                skipping = False
-                continue
-            yield line if len(line) <= MAX_LINE else None
-        if len(buffer) > MAX_LINE:
-            if not skipping:
-                yield None
-            skipping = True
-            buffer.clear()
-
-
 async def _repl(cfg: Settings) -> int:
-    saved = termios.tcgetattr(0)
-    try:
-        return await _repl_loop(cfg)
-    finally:  # an abandoned editor thread (SIGTERM, kill -INT) must not leave raw mode behind
-        termios.tcsetattr(0, termios.TCSANOW, saved)
-
-
-async def _repl_loop(cfg: Settings) -> int:
-    history = History(_history_path())
+    history = History(history_path())
     async with open_session(cfg) as session:
         shell = Shell(cfg, session)
         try:
@@ -804,177 +873,19 @@ async def _repl_loop(cfg: Settings) -> int:
             await shell.load_docs()
         except RedisConnectionError as exc:
             _err(f"Could not connect: {exc}")
-        editor = TerminalEditor(0, history, shell)
-        shell.editor = editor
-        while True:
-            line = await trio.to_thread.run_sync(
-                editor.read_line, session.prompt, True, abandon_on_cancel=True
-            )
-            if line is None:
-                return 0
-            if not line.strip():
-                continue
-            history.add(line)
-            with _ctrl_c_cancels() as scope:
-                keep_going = await shell.run_line(line.encode("utf-8", "surrogateescape"))
-            if scope.cancelled_caught:
-                session.drop_all()
-                _err("(interrupted)")
-            elif not keep_going:
-                return 0
+        shell.editor = TerminalEditor(0, history, lambda: shell.docs or bundled_docs(), _HELPERS)
 
+        def interrupted() -> None:
+            session.drop_all()
+            _err("(interrupted)")
 
-@contextlib.contextmanager
-def _ctrl_c_cancels() -> Iterator[trio.CancelScope]:
-    """A cancel scope that SIGINT (Ctrl-C while a command runs) cancels, instead of exiting."""
-    token = trio.lowlevel.current_trio_token()
-    with trio.CancelScope() as scope:
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            token.run_sync_soon(scope.cancel)
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield scope
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-# ---------------------------------------------------------------------------------- terminal
-
-
-def _history_path() -> Path | None:
-    configured = os.environ.get(HISTORY_ENV)
-    if configured is not None:
-        return Path(configured) if configured and configured != "/dev/null" else None
-    try:
-        return Path.home() / ".redis-client_history"
-    except RuntimeError:  # no home directory
-        return None
-
-
-class History:
-    """Typed lines, oldest first, saved after each line to a 0600 file; secrets are skipped."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.lines: list[str] = []
-        if path is not None:
-            with contextlib.suppress(OSError):
-                data = path.read_bytes()
-                text = data.decode("utf-8", "surrogateescape")
-                self.lines = [ln for ln in text.split("\n") if ln][-HISTORY_LENGTH:]
-
-    def add(self, line: str) -> None:
-        if is_secret_line(line) or (self.lines and self.lines[-1] == line):
-            return
-        self.lines = [*self.lines, line][-HISTORY_LENGTH:]
-        if self.path is None:
-            return
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)  # also tighten a file created before, or by others
-                data = "".join(ln + "\n" for ln in self.lines)
-                os.write(fd, data.encode("utf-8", "surrogateescape"))
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            _err(f"cannot save history to {self.path}: {exc.strerror}")
-            self.path = None
-
-
-class TerminalEditor:
-    """Reads a line from the terminal in raw mode: editing keys, history, Tab, hints.
-
-    Blocking and synchronous: the REPL calls :meth:`read_line` in a worker thread. The
-    terminal is in raw mode only while a line is read, so Ctrl-C during a command is SIGINT.
-    """
-
-    def __init__(self, fd: int, history: History, shell: Shell) -> None:
-        self.fd = fd
-        self.history = history
-        self.shell = shell
-
-    def _columns(self) -> int:
-        try:
-            return os.get_terminal_size(self.fd).columns or 80
-        except OSError:
-            return 80
-
-    def read_line(self, prompt: str, with_history: bool = True) -> str | None:
-        """The next line, or None on Ctrl-D (on an empty line) or end of input."""
-        saved = termios.tcgetattr(self.fd)
-        raw = termios.tcgetattr(self.fd)
-        raw[0] &= ~(termios.BRKINT | termios.ICRNL | termios.INPCK | termios.ISTRIP | termios.IXON)
-        raw[1] &= ~termios.OPOST
-        raw[2] |= termios.CS8
-        raw[3] &= ~(termios.ECHO | termios.ICANON | termios.IEXTEN | termios.ISIG)
-        raw[6][termios.VMIN] = 1
-        raw[6][termios.VTIME] = 0
-        termios.tcsetattr(self.fd, termios.TCSANOW, raw)  # TCSANOW keeps typed-ahead keys
-        try:
-            return self._edit(prompt, with_history)
-        finally:
-            termios.tcsetattr(self.fd, termios.TCSANOW, saved)
-
-    def _write(self, text: str) -> None:
-        os.write(1, text.encode("utf-8", "surrogateescape"))
-
-    def _edit(self, prompt: str, with_history: bool) -> str | None:
-        buf = LineBuffer(self.history.lines if with_history else ())
-        decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        docs = self.shell.docs or _bundled_docs()
-        pending = ""
-        tabbed = False
-
-        def refresh(hint: bool = True) -> None:
-            shown = command_hint(buf.text, docs) if hint and with_history and buf.text else None
-            self._write(buf.render(prompt, shown, self._columns()))
-
-        refresh()
-        while True:
-            data = os.read(self.fd, 1024)
-            if not data:
-                return None
-            keys, pending = decode_keys(pending + decoder.decode(data))
-            for key in keys:
-                if key == "enter":
-                    refresh(hint=False)
-                    self._write("\r\n")
-                    return buf.text
-                if key == "interrupt":
-                    self._write("^C\r\n")
-                    if not with_history:  # a question: Ctrl-C answers no
-                        return None
-                    buf = LineBuffer(self.history.lines)
-                elif key == "eof" and not buf.text:
-                    self._write("\r\n")
-                    return None
-                elif key == "eof":
-                    buf.apply("delete")
-                elif key == "clear-screen":
-                    self._write("\x1b[H\x1b[2J")
-                elif key == "tab" and with_history:
-                    self._complete(buf, docs, tabbed)
-                    tabbed = True
-                    refresh()
-                    continue
-                else:
-                    buf.apply(key)
-                tabbed = False
-                refresh()
-
-    def _complete(self, buf: LineBuffer, docs: dict[str, CommandDoc], listed: bool) -> None:
-        options = completions(buf.text, docs, _HELPERS)
-        if not options:
-            self._write("\x07")
-            return
-        common = _common_prefix([o.lower() for o in options])
-        if len(options) == 1 or len(common) > len(buf.text):
-            buf.set(options[0] if len(options) == 1 else options[0][: len(common)])
-        elif listed:
-            self._write("\r\n" + "  ".join(options) + "\r\n")
+        return await run_repl(
+            shell.editor,
+            prompt=lambda: session.prompt,
+            run_line=shell.run_line,
+            before_prompt=shell.show_pushes,  # those that came with the last reply
+            interrupted=interrupted,
+        )
 
 
 MODE = Mode(

@@ -28,7 +28,7 @@ import pytest
 from servers import RedisFactory, redis_cli, redis_py, redis_py_cluster
 
 from certs import CertPaths
-from client.embedded import LocalCluster, RedisNode
+from client.embedded import LocalCluster, RedisNode, find_redis_cli
 from client.slots import key_slot
 
 pytestmark = pytest.mark.e2e
@@ -311,6 +311,42 @@ def test_server_cut_mid_reply_one_shot(cutting_proxy: CuttingProxy) -> None:
     assert "closed" in one_line_error(done)
 
 
+def test_pushes_from_another_client_come_before_the_next_reply(redis_plain: RedisNode) -> None:
+    """A key we read (CLIENT TRACKING ON, RESP3) is written by someone else: the invalidation
+    is printed before the reply of our next command, as redis-cli 7 does."""
+    with redis_py(redis_plain) as r:
+        r.delete("cli:push")
+    args = [*node_flags(redis_plain), "-3", "--no-raw", "--show-pushes", "yes"]
+    with subprocess.Popen(
+        [sys.executable, "-c", ENTRY, "cli", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=_env(),
+    ) as proc:
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write(b"CLIENT TRACKING ON\nGET cli:push\n")
+            proc.stdin.flush()
+            assert [proc.stdout.readline() for _ in range(2)] == [b"OK\n", b"(nil)\n"]
+            with redis_py(redis_plain) as r:
+                r.set("cli:push", "theirs")  # the server tells us at once
+            out, err = proc.communicate(b"PING\nGET cli:push\n", timeout=60)
+        finally:
+            watchdog.cancel()
+    assert (proc.returncode, err) == (0, b"")
+    assert out == b"-> invalidate: 'cli:push'\nPONG\n\"theirs\"\n"
+
+
+def test_show_pushes_takes_yes_or_no(redis_plain: RedisNode) -> None:
+    assert cli(*node_flags(redis_plain), "--show-pushes", "YES", "PING").stdout == b"PONG\n"
+    assert cli(*node_flags(redis_plain), "--show-pushes", "maybe", "PING").returncode == 2
+
+
 def test_subscribe_streams_messages_until_ctrl_c(redis_plain: RedisNode) -> None:
     for flags in ([], ["-3"]):
         args = [*node_flags(redis_plain), *flags, "--no-raw", "SUBSCRIBE", "cli:chan"]
@@ -544,6 +580,36 @@ def test_repl_asks_before_flushall(
         assert r.dbsize() == 0
 
 
+def test_repl_shows_pushes_on_a_terminal(
+    redis_plain: RedisNode, terminal: Callable[..., Terminal]
+) -> None:
+    """On a terminal pushes are shown by default: our own write's invalidation before the next
+    prompt, another client's before the reply of the next command."""
+    with redis_py(redis_plain) as r:
+        r.delete("cli:repl:push")
+    term = terminal(*node_flags(redis_plain), "-3")
+    prompt = prompt_of(redis_plain)
+    term.expect(prompt)
+    term.send(b"CLIENT TRACKING ON\r")
+    term.expect(b"OK")
+    term.expect(prompt)
+    term.send(b"GET cli:repl:push\r")
+    term.expect(b"\\(nil\\)")
+    term.expect(prompt)
+    term.send(b"SET cli:repl:push mine\r")
+    term.expect(b"OK\r\n-> invalidate: 'cli:repl:push'\r\n\r?" + prompt)
+    term.send(b"GET cli:repl:push\r")
+    term.expect(b'"mine"')
+    term.expect(prompt)
+    with redis_py(redis_plain) as r:
+        r.set("cli:repl:push", "theirs")
+    term.send(b"PING\r")
+    term.expect(b"-> invalidate: 'cli:repl:push'\r\nPONG")
+    term.expect(prompt)
+    term.send(b"quit\r")
+    assert term.wait() == 0
+
+
 def test_repl_not_connected_prompt(terminal: Callable[..., Terminal]) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -702,6 +768,63 @@ def test_cluster_follows_ask_like_redis_cli(redis_factory: RedisFactory) -> None
     assert ours == theirs
     assert f"-> Redirected to slot [{slot}] located at 127.0.0.1:{target.port}\nOK\n" in ours
     assert ours.endswith("v\n")
+
+
+def _channel_stream(command: list[str], channel: str, owner: RedisNode, typed: bool) -> list[bytes]:
+    """SSUBSCRIBE ``channel`` (piped), publish once it is subscribed; the lines printed."""
+    env = _env()
+    env["REDISCLI_AUTH"] = owner.password or ""
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+    ) as proc:
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write(f"SSUBSCRIBE {channel}\n".encode())
+            proc.stdin.close()
+            lines: list[bytes] = []
+            confirmed = b"3) (integer) 1\n" if typed else b"1\n"
+            while not lines or lines[-1] != confirmed:
+                line = proc.stdout.readline()
+                assert line, f"EOF after {lines!r}"
+                lines.append(line)
+            with redis_py(owner) as r:
+                assert r.execute_command("SPUBLISH", channel, "hé") >= 1
+            lines += [proc.stdout.readline() for _ in range(3)]
+        finally:
+            watchdog.cancel()
+            proc.kill()
+    return lines
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("flags", [[], ["--no-raw"], ["-3", "--no-raw"]])
+def test_cluster_ssubscribe_goes_to_the_channel_owner_like_redis_cli(
+    redis_cluster: LocalCluster, flags: list[str]
+) -> None:
+    """SSUBSCRIBE -c on a channel of another shard: both CLIs follow the MOVED to its owner."""
+    channel = _key_elsewhere(redis_cluster)
+    port = owner_port(redis_cluster, channel)
+    owner = redis_cluster.node_by_port(port)
+    seed, certs = redis_cluster.seed, redis_cluster.certs
+    theirs = [find_redis_cli(), "-h", seed.host, "-p", str(seed.port), "-c"]
+    theirs += ["--tls", "--cacert", str(certs.ca), "--cert", str(certs.client_cert)]
+    theirs += ["--key", str(certs.client_key), *flags]
+    ours = [sys.executable, "-c", ENTRY, "cli", *cluster_flags(redis_cluster), *flags]
+    typed = "--no-raw" in flags
+    expected = _channel_stream(theirs, channel, owner, typed)
+    got = _channel_stream(ours, channel, owner, typed)
+    assert got == expected
+    slot = key_slot(channel.encode())
+    assert f"-> Redirected to slot [{slot}] located at 127.0.0.1:{port}\n".encode() in got
+    assert got[-1] == ('3) "h\\xc3\\xa9"\n' if typed else "hé\n").encode()
 
 
 def test_repl_asks_before_keys_on_a_large_keyspace(

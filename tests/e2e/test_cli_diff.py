@@ -230,8 +230,7 @@ def test_help_matches_redis_cli_for_every_command(redis_plain: RedisNode) -> Non
 
 def test_bundled_help_matches_the_server(redis_plain: RedisNode) -> None:
     """Offline help (not connected, or Redis < 7) says what the server's COMMAND DOCS says."""
-    from client.cliformat import parse_command_docs
-    from client.shell import _bundled_docs
+    from client.cliformat import bundled_docs, parse_command_docs
 
     async def fetch() -> RespValue:
         async with open_connection(
@@ -246,4 +245,45 @@ def test_bundled_help_matches_the_server(redis_plain: RedisNode) -> None:
         pytest.skip(f"the snapshot is from Redis {bundled_version}, the server is {server_version}")
     server = parse_command_docs(trio.run(fetch))
     assert len(server) > 300
-    assert _bundled_docs() == server
+    assert bundled_docs() == server
+
+
+# Client-side caching: our own writes invalidate the keys we read (no NOLOOP), and the server
+# sends the invalidation right after the write's reply, so both CLIs see it at the same point.
+PUSH_SCRIPT: list[bytes] = [
+    b"CLIENT TRACKING ON",
+    b"GET diff:push:a",
+    b"GET diff:push:b",
+    b'GET "diff:push:\\xff"',
+    b"SET diff:push:a 1",
+    b"PING",
+    b"MSET diff:push:a 2 diff:push:b 3",
+    b"PING",
+    b"GET diff:push:a",
+    b'SET "diff:push:\\xff" x',
+    b"DEL diff:push:a",
+    b"ECHO last",
+    b"CLIENT TRACKING OFF",
+    b"CLIENT TRACKING ON BCAST PREFIX diff:push:b",
+    b"SET diff:push:b 4",
+    b"PING",
+]
+
+
+@pytest.mark.parametrize("show", [["--show-pushes", "yes"], ["--show-pushes", "no"], []])
+@pytest.mark.parametrize("flags", [["-3", "--no-raw"], ["-3", "--raw"], ["-3"]])
+def test_pushes_between_replies(redis_plain: RedisNode, flags: list[str], show: list[str]) -> None:
+    """RESP3 invalidation pushes: printed (or not) where and as redis-cli prints them."""
+    redis_cli, ours = programs(redis_plain)
+    script = b"".join(line + b"\n" for line in PUSH_SCRIPT)
+    outputs = []
+    for program in (redis_cli, ours):
+        with redis_py(redis_plain) as r:
+            r.delete("diff:push:a", "diff:push:b", b"diff:push:\xff")
+        outputs.append(run(program, [*flags, *show], stdin=script, args=[]))
+    theirs, mine = outputs
+    compare(theirs, mine)
+    shown = show == ["--show-pushes", "yes"]  # the default is "when stdout is a terminal"
+    typed = "--no-raw" in flags
+    assert (b"-> invalidate: 'diff:push:a'\n" in mine) is (shown and typed)
+    assert (b"invalidate\ndiff:push:a\n" in mine) is (shown and not typed)

@@ -2,7 +2,9 @@
 
 * quoting round trip: any list of byte strings, quoted and joined, splits back into itself;
 * splitting is total: any bytes give a list or an ArgumentError, never anything else;
-* formatting is total: any RESP3 value renders, in both modes, without raising;
+* formatting is total: any RESP3 value renders, in both modes, without raising (pushes too);
+* read-your-writes (client.shell.Affinity): whatever the command sequence, a read right after
+  a write, inside MULTI or after WATCH is kept on the master, and reads never change that;
 * agreement with redis-cli on arbitrary replies: a tiny canned-reply server hands a generated
   reply to the real ``redis-cli`` (typed and raw), and our rendering must be byte-identical;
 * agreement with redis-cli on values stored in a real redis-server and read back (RESP2 and
@@ -25,10 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import redis_py, require_redis
 
-from client.cliformat import ArgumentError, format_reply, join_args, split_line
+from client.cliformat import ArgumentError, format_push, format_reply, join_args, split_line
+from client.commands import CommandTable
 from client.connection import open_connection
 from client.embedded import RedisNode, find_redis_cli
 from client.options import ServerOptions
+from client.shell import Affinity
 from client.values import (
     Attributed,
     BigNumber,
@@ -124,6 +128,61 @@ def test_format_reply_is_total(value: RespValue) -> None:
     assert typed.endswith(b"\n")
     assert raw.endswith(b"\n")
     assert isinstance(format_reply(value, raw=True, verbatim=True), bytes)
+
+
+@given(all_values)
+def test_format_push_is_total(value: RespValue) -> None:
+    for raw in (False, True):
+        assert format_push(Push([b"invalidate", value]), raw=raw).endswith(b"\n")
+        assert format_push(value, raw=raw).endswith(b"\n")
+
+
+_SESSION_LINES = [
+    b"GET k",
+    b"MGET k j",
+    b"SCAN 0",
+    b"SET k v",
+    b"DEL k",
+    b"EVAL x 1 k",
+    b"FLUSHALL",
+    b"PING",
+    b"INFO",
+    b"MULTI",
+    b"EXEC",
+    b"DISCARD",
+    b"WATCH k",
+    b"UNWATCH",
+]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_SESSION_LINES), st.booleans()), max_size=30))
+def test_reads_after_writes_stay_on_the_master(commands: list[tuple[bytes, bool]]) -> None:
+    table = CommandTable.bundled()
+    affinity = Affinity()
+    in_multi = watching = False
+    for line, ok in commands:
+        args = split_line(line)
+        spec = table.lookup(args)
+        assert spec is not None
+        before = affinity.master_reason()
+        affinity.record(args[0].lower(), spec, bool(table.key_indexes(args)), ok)
+        name = args[0].lower()
+        in_multi = (in_multi or (name == b"multi" and ok)) and name not in (b"exec", b"discard")
+        watching = (watching or (name == b"watch" and ok)) and name not in (
+            b"exec",
+            b"discard",
+            b"unwatch",
+        )
+        reason = affinity.master_reason()
+        if spec.readonly:
+            assert reason == before  # a read never opens or closes a window
+        if spec.write:
+            assert reason is not None  # the next read sees this write
+        if in_multi:
+            assert reason == "in MULTI"
+        elif watching:
+            assert reason == "after WATCH"
+        assert affinity.in_multi == in_multi
 
 
 # --- agreement with redis-cli on arbitrary replies --------------------------------------------

@@ -9,15 +9,19 @@ from typing import cast
 import pytest
 
 from client.cliformat import (
+    GENERIC_HELP,
     ArgumentError,
-    LineBuffer,
-    command_hint,
-    completions,
-    decode_keys,
+    CommandDoc,
+    common_prefix,
+    crossslot_hint,
     format_command_help,
+    format_help,
     format_invalidate,
+    format_push,
+    format_ranges,
     format_reply,
-    is_secret_line,
+    format_slot,
+    format_topology,
     join_args,
     parse_command_docs,
     quote,
@@ -26,6 +30,11 @@ from client.cliformat import (
     synopsis,
     wants_raw_output,
 )
+from client.commands import CommandTable
+from client.lineedit import LineBuffer, command_hint, completions, decode_keys, is_secret_line
+from client.shell import Affinity
+from client.slots import key_slot
+from client.topology import Node, Topology
 from client.values import (
     Attributed,
     BigNumber,
@@ -253,6 +262,130 @@ def test_format_invalidate() -> None:
     assert format_invalidate(push) == b"-> invalidate: 'k1', 'k2'\n"
     assert format_invalidate(Push([b"message", b"ch", b"x"])) is None
     assert format_invalidate(Push([b"invalidate", None])) is None
+
+
+def test_format_push_like_cli_push_handler() -> None:
+    """redis-cli 7.0.15 ``--show-pushes yes``: typed invalidations on one line, else replies."""
+    invalidate = Push([b"invalidate", [b"k", b"a\xffb"]])
+    assert format_push(invalidate, raw=False) == b"-> invalidate: 'k', 'a\xffb'\n"
+    assert format_push(invalidate, raw=True) == b"invalidate\nk\na\xffb\n"
+    flushed = Push([b"invalidate", None])  # FLUSHALL: every key
+    assert format_push(flushed, raw=False) == b'1) "invalidate"\n2) (nil)\n'
+    assert format_push(flushed, raw=True) == b"invalidate\n\n"
+    message = Push([b"message", b"ch", b"hi"])
+    assert format_push(message, raw=False) == b'1) "message"\n2) "ch"\n3) "hi"\n'
+    assert format_push(b"odd", raw=False) == b'"odd"\n'  # not a push frame: still printed
+
+
+def _topology() -> Topology:
+    m1 = Node(id="a" * 40, host="127.0.0.1", port=7001, slots=((0, 5460), (5462, 5462)))
+    m2 = Node(id="b" * 40, host="127.0.0.1", port=7002, slots=((5463, 16383),))
+    r1 = Node(id="c" * 40, host="127.0.0.1", port=7003, role="replica", master_id="a" * 40)
+    r2 = Node(
+        id="d" * 40, host="127.0.0.1", port=7004, role="replica", master_id="b" * 40, health="fail"
+    )
+    return Topology([m1, m2, r1, r2])
+
+
+def test_format_topology() -> None:
+    assert format_topology(_topology(), "x:1") == (
+        "master  aaaaaaaa  127.0.0.1:7001  slots 0-5460,5462 (5462)\n"
+        "  replica cccccccc  127.0.0.1:7003\n"
+        "master  bbbbbbbb  127.0.0.1:7002  slots 5463-16383 (10921)\n"
+        "  replica dddddddd  127.0.0.1:7004 [fail]\n"
+        "unassigned slots: 5461\n"
+    )
+    assert format_topology(None, "h:6379") == "not a cluster: standalone server h:6379\n"
+    assert format_ranges([(1, 1), (3, 9)]) == "1,3-9"
+
+
+def test_format_slot_and_crossslot_hint() -> None:
+    topo = _topology()
+    key = b"{user:1}:a"
+    owner = topo.slot_owner(key_slot(key))
+    assert owner is not None
+    assert format_slot(key, owner) == (
+        f"{{user:1}}:a: slot {key_slot(b'user:1')} (hash tag user:1), "
+        f"master {owner.address} ({owner.id[:8]})"
+    )
+    assert format_slot(b"a b", None) == f'"a b": slot {key_slot(b"a b")}'
+    keys = [b"user:1:a", b"user:1:b"]
+    hint = crossslot_hint(keys, topo).splitlines()
+    assert len(hint) == 4
+    for key, line in zip(keys, hint[1:3], strict=True):
+        found = topo.slot_owner(key_slot(key))
+        assert found is not None
+        assert line == f"  {key.decode()} -> slot {key_slot(key)} on {found.address}"
+    assert hint[-1].endswith("e.g. {user:1}:a {user:1}:b")
+    assert crossslot_hint([b"x", b"y"], None).splitlines()[1] == f"  x -> slot {key_slot(b'x')}"
+    assert common_prefix(["abc", "abd"]) == "ab"
+    with pytest.raises(ValueError, match="no items"):
+        common_prefix([])
+
+
+def test_format_help() -> None:
+    doc = CommandDoc(name="GET", params="key", summary="Get it", since="1.0.0", group="string")
+    sub = CommandDoc(name="GET SUB", params="", summary="sub", since="7.0.0", group="string")
+    docs = {"GET": doc, "GET SUB": sub}
+    assert format_help([], docs, color=False) == GENERIC_HELP
+    assert format_help([b"get"], docs, color=False) == (
+        format_command_help(doc, color=False) + format_command_help(sub, color=False) + "\n"
+    )
+    group = format_help([b"@string"], docs, color=False)
+    assert "group:" not in group
+    assert "summary: Get it" in group
+    assert format_help([b"nope"], docs, color=False).startswith("no help for 'nope'")
+
+
+def _record(affinity: Affinity, line: bytes, ok: bool = True) -> None:
+    table = CommandTable.bundled()
+    args = split_line(line)
+    spec = table.lookup(args)
+    has_keys = bool(table.key_indexes(args)) if spec is not None else False
+    affinity.record(args[0].lower(), spec, has_keys, ok)
+
+
+def test_affinity_read_your_writes() -> None:
+    a = Affinity()
+    assert a.master_reason() is None
+    _record(a, b"GET k")
+    assert a.master_reason() is None  # reads never open the window
+    _record(a, b"SET k v")
+    assert a.master_reason() == "after a write"
+    _record(a, b"GET k")
+    _record(a, b"MGET k j")
+    assert a.master_reason() == "after a write"  # reads keep it open
+    _record(a, b"PING")
+    assert a.master_reason() is None  # a command that neither reads nor writes closes it
+    _record(a, b"EVAL x 1 k")  # not flagged write, but it has keys: it may write
+    assert a.master_reason() == "after a write"
+    _record(a, b"INFO")
+    _record(a, b"FLUSHALL")  # keyless, flagged write
+    assert a.master_reason() == "after a write"
+
+
+def test_affinity_transactions() -> None:
+    a = Affinity()
+    _record(a, b"MULTI", ok=False)
+    assert a.master_reason() is None  # refused: no transaction
+    _record(a, b"WATCH k")
+    assert a.master_reason() == "after WATCH"
+    _record(a, b"MULTI")
+    assert a.master_reason() == "in MULTI"
+    _record(a, b"GET k")
+    _record(a, b"EXEC")
+    assert a.master_reason() is None  # EXEC ends MULTI and WATCH
+    _record(a, b"WATCH k")
+    _record(a, b"UNWATCH")
+    assert a.master_reason() is None
+    _record(a, b"MULTI")
+    _record(a, b"SET k v")
+    _record(a, b"DISCARD")
+    assert a.master_reason() == "after a write"  # conservative: a write was queued
+    _record(a, b"WATCH k")
+    _record(a, b"MULTI")
+    a.reset()  # the connection was dropped: its transaction and watches are gone
+    assert (a.in_multi, a.watching) == (False, False)
 
 
 def test_cliformat_is_pure() -> None:
