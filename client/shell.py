@@ -24,33 +24,29 @@ use), SSUBSCRIBE included, and the prompt shows the node that answered last. A C
 gets a hint with each key's slot and owner. Shell commands (``:topology``, ``:slot``,
 ``:cluster dbsize|keys|scan``) are listed by ``:help``.
 
-Reading from replicas (``-c --read-from replica|prefer-replica``; default ``master``)
-------------------------------------------------------------------------------------
-A read-only command (the command table's ``readonly`` flag) whose keys share a slot goes to a
-replica of the slot's master, chosen, health-checked and redirected by the cluster client
-(:func:`client.cluster.open_cluster`, READONLY connections). ``prefer-replica`` falls back to the
-master when the shard has no healthy replica; ``replica`` then fails with a one-line error.
-Everything else runs on the masters as above: writes, keyless commands (DBSIZE, SCAN... on the
-node in use, as redis-cli), blocking reads (XREAD) and reads that must see the session's writes
-(:class:`Affinity`: in MULTI, after WATCH, after a write). Before each reply a read names its
-node: ``-> Read from replica host:port`` or ``-> Read from master host:port (why)``, on stdout in
-the REPL and piped use (like redirect notes), on stderr in one-shot use; the prompt shows it.
-Outside the affinity windows a replica may lag its master: reads are eventually consistent.
-SCAN-family cursors (HSCAN...) are valid on one node only; a shard with several replicas may
-spread them.
+The connections (one per node, MOVED/ASK, replica reads with ``-c --read-from
+replica|prefer-replica``, read-your-writes) live in :mod:`client.clisession`.
+
+Credentials: ``-a``/``REDIS_CLIENT_PASSWORD``, or a rotating ``--password-command CMD`` /
+``--entra`` (:func:`client.credentials.add_credential_arguments`). Every connection logs in with
+the current credential and a long session re-AUTHs its live connections in place when it
+changes (:mod:`client.clisession` has the details). A password command that fails before the
+first login is one redacted line and exit 1 in every mode; a failed refresh later keeps the
+current credential. Secrets are redacted from every message, and the REPL history never stores
+a line that logs in (AUTH, HELLO ... AUTH...) or holds a secret the session logged in with.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 import trio
@@ -72,40 +68,33 @@ from client.cliformat import (
     split_line,
     wants_raw_output,
 )
-from client.cluster import ClusterClient, open_cluster
-from client.commands import CommandSpec, CommandTable
-from client.connection import Connection, open_authenticated_stream, open_connection
+from client.clisession import MAX_REDIRECTS, Affinity, LiveStream, Session, Settings, open_session
+from client.credentials import CredentialProvider, add_credential_arguments, provider_from_args
 from client.errors import (
     ConfigError,
     ConnectError,
-    ConnectionLost,
     RedisConnectionError,
     RedisToolkitError,
     RespProtocolError,
-    UnroutableError,
 )
 from client.lineedit import History, TerminalEditor, history_path, run_repl, stdin_lines
 from client.main import Mode
 from client.options import ServerOptions, add_server_arguments, server_options
-from client.replicas import READ_FROM_CHOICES, ReadFrom, parse_read_from
+from client.replicas import READ_FROM_CHOICES, parse_read_from
 from client.resp import NEED_DATA, RespParser, encode_command
 from client.slots import key_slot
-from client.tasks import open_service_nursery
-from client.topology import Topology, parse_cluster_shards, parse_cluster_slots
-from client.topology import parse_redirect as parse_redirect_reply
 from client.values import ErrorReply, RespMap, RespValue
 
 __all__ = ["MODE", "Affinity", "configure", "run"]
 
-CONNECT_TIMEOUT = 10.0
 MAX_LINE = 64 * 1024 * 1024  # longest stdin line accepted (redis-cli has no bound)
-MAX_REDIRECTS = 16
 KEYS_CONFIRM_THRESHOLD = 100_000
 _SLOW = 0.5  # redis-cli prints "(1.23s)" after commands this slow (typed mode, not one-shot)
 _STREAMING = frozenset({b"subscribe", b"psubscribe", b"ssubscribe", b"monitor"})
 _DANGEROUS = frozenset({b"flushall", b"flushdb", b"shutdown"})
 _TRANSACTION = frozenset({b"multi", b"exec", b"discard", b"watch", b"unwatch"})
 _HELPERS = (":topology", ":slot", ":cluster", ":help")
+_RELOGIN = "relogin"  # a stream closed after a credential change: log in again
 
 
 # -------------------------------------------------------------------------------------- flags
@@ -113,6 +102,7 @@ _HELPERS = (":topology", ":slot", ":cluster", ":help")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_arguments(parser)
+    add_credential_arguments(parser)
     group = parser.add_argument_group("cli")
     group.add_argument("-3", dest="resp3", action="store_true", help="speak RESP3 (HELLO 3)")
     raw = group.add_mutually_exclusive_group()
@@ -149,23 +139,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser._has_negative_number_optionals.clear()
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How this run talks and prints."""
-
-    opts: ServerOptions
-    protocol: int
-    raw: bool
-    repeat: int
-    interval: float
-    interactive: bool  # a REPL on a terminal: prompts, confirmations, Ctrl-C handling
-    chatty: bool  # REPL or piped (redis-cli's "interactive"): redirect notes, slow-command times
-    show_pushes: bool = False
-    read_from: ReadFrom = "master"
-
-
 def run(ns: argparse.Namespace) -> int:
     opts = server_options(ns)
+    credentials = provider_from_args(ns, opts)
     if ns.interval < 0:
         raise ConfigError(f"invalid -i {ns.interval:g}: the interval cannot be negative")
     read_from = parse_read_from(ns.read_from)
@@ -191,10 +167,10 @@ def run(ns: argparse.Namespace) -> int:
         read_from=read_from,
     )
     if one_shot:
-        return trio.run(_one_shot, cfg, words)
+        return trio.run(_one_shot, cfg, credentials, words)
     if interactive:
-        return trio.run(_repl, cfg)
-    return trio.run(_piped, cfg)
+        return trio.run(_repl, cfg, credentials)
+    return trio.run(_piped, cfg, credentials)
 
 
 # ------------------------------------------------------------------------------------ output
@@ -209,295 +185,6 @@ def _err(text: str) -> None:
     sys.stdout.flush()
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
-
-
-# ------------------------------------------------------------------------------ read routing
-
-
-class Affinity:
-    """Read-your-writes: when a read must stay on the master (pure; fed by :meth:`record`).
-
-    ==========================================  ============================================
-    command (after it ran)                      effect
-    ==========================================  ============================================
-    MULTI (accepted) / EXEC, DISCARD            ``in_multi`` starts / ends (and ``watching``)
-    WATCH (accepted) / UNWATCH                  ``watching`` starts / ends
-    read-only (``readonly`` flag)               none
-    may write: ``write`` flag, or keys and      ``wrote`` starts (or goes on)
-    not read-only (EVAL, FCALL...)
-    anything else (PING, INFO, CLIENT...)       ``wrote`` ends
-    ==========================================  ============================================
-
-    A dropped connection (Ctrl-C, connection lost) ends ``in_multi`` and ``watching``, which
-    lived on it (:meth:`reset`). Consistency: with ``master`` every read sees every write the
-    server acknowledged; with a replica policy the reads in these windows see the session's own
-    writes (same connection), and other reads may lag by the replication delay.
-    """
-
-    def __init__(self) -> None:
-        self.in_multi = False
-        self.watching = False
-        self.wrote = False
-
-    def master_reason(self) -> str | None:
-        """Why the next read must go to the master, or None when a replica may serve it."""
-        if self.in_multi:
-            return "in MULTI"
-        if self.watching:
-            return "after WATCH"
-        if self.wrote:
-            return "after a write"
-        return None
-
-    def record(self, name: bytes, spec: CommandSpec | None, has_keys: bool, ok: bool) -> None:
-        """Account for a command that ran (``name`` lower case; ``ok``: no error reply)."""
-        if name == b"multi":
-            self.in_multi = self.in_multi or ok
-        elif name in (b"exec", b"discard"):
-            self.in_multi = self.watching = False
-        elif name == b"watch":
-            self.watching = self.watching or ok
-        elif name == b"unwatch":
-            self.watching = False
-        elif spec is None or spec.readonly:
-            return
-        elif spec.write or has_keys:
-            self.wrote = True
-        else:
-            self.wrote = False
-
-    def reset(self) -> None:
-        self.in_multi = self.watching = False
-
-
-# ----------------------------------------------------------------------------------- session
-
-
-class Session:
-    """The connections of one shell run: the node in use, and one cached connection per node.
-
-    Make it with :func:`open_session`. Connections open lazily and re-open after a failure.
-    With a replica policy, a :class:`~client.cluster.ClusterClient` (opened on the first read)
-    serves the reads that may go to replicas.
-    """
-
-    def __init__(self, cfg: Settings, nursery: trio.Nursery) -> None:
-        self.cfg = cfg
-        self.current = cfg.opts
-        self.connected = False
-        self.db = 0
-        self.affinity = Affinity()
-        self.shown: str | None = None  # the node that answered last, when not ``current``
-        self._nursery = nursery
-        self._held: dict[str, tuple[Connection, trio.Event]] = {}
-        self._topology: Topology | None = None
-        self._answered: set[str] = set()  # nodes that have answered once
-        self._cluster: ClusterClient | None = None
-
-    @property
-    def prompt(self) -> str:
-        if not self.connected:
-            return "not connected> "
-        db = f"[{self.db}]" if self.db else ""
-        tx = "(TX)" if self.affinity.in_multi else ""
-        return f"{self.shown or self.current.address}{db}{tx}> "
-
-    async def connection(self, target: ServerOptions | None = None) -> Connection:
-        """The live connection to ``target`` (default: the node in use), opened if needed."""
-        target = target or self.current
-        held = self._held.get(target.address)
-        if held is not None and held[0].alive:
-            return held[0]
-        if held is not None:
-            held[1].set()
-        stop = trio.Event()
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                conn: Connection = await self._nursery.start(self._hold, target, stop)
-        except trio.TooSlowError:
-            self.connected = False
-            msg = f"connecting to {target.address} got no answer in {CONNECT_TIMEOUT:g} s"
-            raise ConnectError(msg, hint="check -h/-p and any firewall in between") from None
-        except ConnectError:
-            if target.address == self.current.address:
-                self.connected = False
-            raise
-        self._held[target.address] = (conn, stop)
-        if target.address == self.current.address:
-            self.connected = True
-        if self.db and target.address == self.current.address:
-            await conn.request("SELECT", self.db)
-        return conn
-
-    async def _hold(
-        self,
-        target: ServerOptions,
-        stop: trio.Event,
-        *,
-        task_status: trio.TaskStatus[Connection] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        async with open_connection(target, protocol=self.cfg.protocol) as conn:
-            task_status.started(conn)
-            await stop.wait()
-
-    def drop_all(self) -> None:
-        """Close every connection (after Ctrl-C, or when one broke); later use reconnects."""
-        for _, stop in self._held.values():
-            stop.set()
-        self._held.clear()
-        self.affinity.reset()
-
-    def drain_pushes(self) -> list[RespValue]:
-        """The pushes waiting on every connection (client-side caching invalidations...)."""
-        pushes: list[RespValue] = []
-        for conn, _ in self._held.values():
-            while True:
-                try:
-                    pushes.append(conn.next_push_nowait())
-                except (trio.WouldBlock, RedisConnectionError):
-                    break
-        return pushes
-
-    async def request(self, args: Sequence[bytes], *, on: ServerOptions | None = None) -> RespValue:
-        conn = await self.connection(on)
-        return await conn.request(*args)
-
-    async def send(self, args: Sequence[bytes], note: Callable[[str], None]) -> RespValue:
-        """Run a command on the node in use, following MOVED/ASK in cluster mode (as redis-cli).
-
-        ``note`` receives each ``-> Redirected ...`` line.
-        """
-        asking = False
-        for _ in range(MAX_REDIRECTS):
-            conn = await self.connection()
-            if asking:
-                reply = (await conn.pipeline([[b"ASKING"], list(args)]))[1]
-            else:
-                reply = await conn.request(*args)
-            self._answered.add(self.current.address)
-            self.shown = None
-            redirect = self.redirect_of(reply)
-            if redirect is None:
-                return reply
-            asking = self.follow(redirect, note)
-        return reply
-
-    def follow(self, redirect: tuple[str, int, str, int], note: Callable[[str], None]) -> bool:
-        """Make the node a MOVED/ASK names the node in use and announce it; True for ASK."""
-        kind, slot, host, port = redirect
-        self.current = self.current.at(host or self.current.host, port)
-        self.shown = None
-        self._topology = None if kind == "MOVED" else self._topology
-        note(f"-> Redirected to slot [{slot}] located at {self.current.address}")
-        return kind == "ASK"
-
-    def redirect_of(self, reply: RespValue) -> tuple[str, int, str, int] | None:
-        """The MOVED/ASK in ``reply`` when in cluster mode, else None."""
-        if not (self.cfg.opts.cluster and isinstance(reply, ErrorReply)):
-            return None
-        return parse_redirect_reply(reply.message)
-
-    # -- replica reads -------------------------------------------------------------------------
-
-    @property
-    def commands(self) -> CommandTable:
-        """The cluster client's command table (the server's) once open, else the bundled one."""
-        return self._cluster.commands if self._cluster is not None else CommandTable.bundled()
-
-    def keyed_read(self, args: Sequence[bytes]) -> CommandSpec | None:
-        """The spec of ``args`` when it is a read-only command whose keys share one slot.
-
-        Other commands (and cross-slot reads, for the server's CROSSSLOT error and our hint)
-        run on the node in use.
-        """
-        spec = self.commands.lookup(args)
-        if spec is None or not spec.readonly:
-            return None
-        try:
-            slots = {key_slot(args[i]) for i in self.commands.key_indexes(args)}
-        except UnroutableError:
-            return None
-        return spec if len(slots) == 1 else None
-
-    def has_keys(self, args: Sequence[bytes]) -> bool:
-        try:
-            return bool(self.commands.key_indexes(args))
-        except UnroutableError:
-            return False
-
-    async def cluster_client(self) -> ClusterClient:
-        """The cluster client for replica reads, opened (replicas probed) on first use."""
-        if self._cluster is None:
-            try:
-                with trio.fail_after(3 * CONNECT_TIMEOUT):
-                    self._cluster = await self._nursery.start(self._hold_cluster)
-            except trio.TooSlowError:
-                msg = f"the cluster behind {self.cfg.opts.address} did not answer in time"
-                raise ConnectError(msg, hint="use --read-from master to skip replicas") from None
-        return self._cluster
-
-    async def _hold_cluster(
-        self, *, task_status: trio.TaskStatus[ClusterClient] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        async with open_cluster(
-            self.cfg.opts, protocol=self.cfg.protocol, read_from=self.cfg.read_from
-        ) as client:
-            task_status.started(client)
-            await trio.sleep_forever()
-
-    async def read_routed(self, args: Sequence[bytes]) -> tuple[RespValue, str]:
-        """Run a read by the replica policy: the reply, and who answered (for the note).
-
-        Raises:
-            NoReplicaError: ``--read-from replica`` and the shard has no healthy replica.
-        """
-        client = await self.cluster_client()
-        fallbacks = client.statistics().master_fallbacks
-        reply, node = await client.request_routed(*args)
-        address = client.options_for(node).address
-        self._answered.add(address)
-        self.shown = address
-        if not node.is_master:
-            return reply, f"replica {address}"
-        if client.statistics().master_fallbacks > fallbacks:
-            return reply, f"master {address} (no healthy replica)"
-        return reply, f"master {address}"
-
-    # -- cluster views -------------------------------------------------------------------------
-
-    def explain(self, exc: RedisConnectionError) -> RedisConnectionError:
-        """Add a hint to a connection lost before the node ever answered (a TLS port?)."""
-        first = self.current.address not in self._answered
-        if isinstance(exc, ConnectionLost) and exc.hint is None and first:
-            hint = "the server hung up before answering"
-            if self.cfg.opts.tls is None:
-                hint += ": is this a TLS port? try -t/--tls"
-            return ConnectionLost(exc.message, hint=hint)
-        return exc
-
-    async def topology(self) -> Topology | None:
-        """The cluster's topology (cached until a MOVED), or None for a standalone server."""
-        if not self.cfg.opts.cluster:
-            return None
-        if self._topology is None:
-            reply = await self.request([b"CLUSTER", b"SHARDS"])
-            if isinstance(reply, ErrorReply):  # before Redis 7
-                topology = parse_cluster_slots(await self.request([b"CLUSTER", b"SLOTS"]))
-            else:
-                topology = parse_cluster_shards(reply, tls=self.cfg.opts.tls is not None)
-            self._topology = topology
-        return self._topology
-
-
-@asynccontextmanager
-async def open_session(cfg: Settings) -> AsyncIterator[Session]:
-    """A :class:`Session` whose connections live as long as the ``async with`` block."""
-    async with open_service_nursery() as nursery:
-        session = Session(cfg, nursery)
-        try:
-            yield session
-        finally:
-            session.drop_all()
 
 
 # ------------------------------------------------------------------------------------- shell
@@ -575,9 +262,11 @@ class Shell:
                 if name in _STREAMING:
                     await self.stream(args)
                     return
-                reply = await self.execute(args)
-                _out(format_reply(reply, raw=self.cfg.raw, verbatim=wants_raw_output(args)))
-                await self.after(args, reply)
+                with self.session.in_command():  # a rotation waits: see client.clisession
+                    reply = await self.execute(args)
+                    _out(format_reply(reply, raw=self.cfg.raw, verbatim=wants_raw_output(args)))
+                    await self.after(args, reply)
+                await self.session.settle()
                 if self.cfg.interval:
                     await trio.sleep(self.cfg.interval)
         except RedisToolkitError as exc:
@@ -610,7 +299,7 @@ class Shell:
 
     def report(self, exc: RedisToolkitError) -> None:
         """A failed command: raise in one-shot mode (main prints it, exit 1), else print it."""
-        error: RedisToolkitError = exc
+        error: RedisToolkitError = self.session.redacted(exc)
         if isinstance(exc, RedisConnectionError):
             self.session.drop_all()
             error = self.session.explain(exc)
@@ -645,56 +334,73 @@ class Shell:
         """SUBSCRIBE / SSUBSCRIBE / MONITOR: print every reply until Ctrl-C or disconnection.
 
         In cluster mode a MOVED or ASK (SSUBSCRIBE to a channel of another shard) is followed
-        as redis-cli 7 does: the redirect note, then the command again on the node named.
+        as redis-cli 7 does: the redirect note, then the command again on the node named. A
+        stream the server closes after the credential rotated logs in again (client.clisession).
         """
-        asking = False
-        for _ in range(MAX_REDIRECTS):
-            redirect = await self._stream_from(self.session.current, args, asking)
-            if redirect is None:
+        asking, announce, hops = False, True, 0
+        while hops < MAX_REDIRECTS:
+            target = self.session.current
+            outcome = await self._stream_from(target, args, asking, announce)
+            if outcome is None:
                 return
-            asking = self.session.follow(redirect, self.note)
+            if outcome == _RELOGIN:
+                _err(f"-> {target.address} closed the stream after a credential change: again")
+                announce = False
+                continue
+            assert not isinstance(outcome, str)
+            asking, announce, hops = self.session.follow(outcome, self.note), True, hops + 1
 
     async def _stream_from(
-        self, target: ServerOptions, args: list[bytes], asking: bool
-    ) -> tuple[str, int, str, int] | None:
-        """Stream from one node; the redirect when it answers MOVED/ASK, else None at the end.
+        self, target: ServerOptions, args: list[bytes], asking: bool, announce: bool
+    ) -> tuple[str, int, str, int] | str | None:
+        """Stream from one node; the redirect when it answers MOVED/ASK, ``_RELOGIN`` when it
+        closed the stream after a rotation, else None at the end.
 
         An error reply ends the stream, as it ends redis-cli's pub/sub mode.
         """
-        stream = await open_authenticated_stream(
-            target, protocol=3 if self.cfg.protocol == 3 else None
-        )
-        try:
-            command = encode_command(*args)
-            await stream.send_all(encode_command(b"ASKING") + command if asking else command)
-            if args[0].lower() != b"monitor" and not self.cfg.raw:
-                _out(b"Reading messages... (press Ctrl-C to quit)\n")
-            parser = RespParser()
-            skip = 1 if asking else 0  # ASKING's +OK
-            while True:
-                value = parser.next_value()
-                if value is NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        parser.feed_eof()
-                        parser.next_value()
-                        _err(f"Error: {target.address} closed the connection")
-                        return None
-                    parser.feed(data)
-                    continue
-                if skip:
-                    skip -= 1
-                    continue
-                redirect = self.session.redirect_of(value)
-                if redirect is not None:
-                    return redirect
-                _out(format_reply(value, raw=self.cfg.raw))
-                if isinstance(value, ErrorReply):
+        monitor = args[0].lower() == b"monitor"
+        async with self.session.open_stream(target, monitor=monitor) as live:
+            try:
+                return await self._relay(live, args, asking, announce and not monitor)
+            except (trio.BrokenResourceError, RespProtocolError) as exc:
+                if live.rotated:
+                    return _RELOGIN
+                raise ConnectError(f"connection to {target.address} lost: {exc}") from exc
+
+    async def _relay(
+        self, live: LiveStream, args: list[bytes], asking: bool, announce: bool
+    ) -> tuple[str, int, str, int] | str | None:
+        command = encode_command(*args)
+        await live.stream.send_all(encode_command(b"ASKING") + command if asking else command)
+        if announce and not self.cfg.raw:
+            _out(b"Reading messages... (press Ctrl-C to quit)\n")
+        parser = RespParser()
+        skip = 1 if asking else 0  # ASKING's +OK
+        while True:
+            value = parser.next_value()
+            if value is NEED_DATA:
+                data = await live.stream.receive_some(65536)
+                if not data:
+                    parser.feed_eof()
+                    parser.next_value()
+                    if live.rotated:
+                        return _RELOGIN
+                    _err(f"Error: {live.address} closed the connection")
                     return None
-        except (trio.BrokenResourceError, RespProtocolError) as exc:
-            raise ConnectError(f"connection to {target.address} lost: {exc}") from exc
-        finally:
-            await trio.aclose_forcefully(stream)
+                parser.feed(data)
+                continue
+            if skip:
+                skip -= 1
+                continue
+            if live.take_ack(value, self.session.redact):
+                continue
+            redirect = self.session.redirect_of(value)
+            if redirect is not None:
+                return redirect
+            _out(format_reply(value, raw=self.cfg.raw))
+            if isinstance(value, ErrorReply):
+                return None
+            await live.arm()
 
     async def confirm(self, args: list[bytes]) -> bool:
         """Ask before dangerous commands (interactive REPL only)."""
@@ -839,21 +545,34 @@ def _reply_text(value: RespValue) -> str:
 # ------------------------------------------------------------------------------------- modes
 
 
-async def _one_shot(cfg: Settings, words: list[bytes]) -> int:
-    async with open_session(cfg) as session:
+class _History(History):
+    """The REPL history, which also drops any line holding a secret the session logged in
+    with (a token pasted into ECHO, or into an AUTH that would not split)."""
+
+    def __init__(self, path: Path | None, secrets: Callable[[], list[str]]) -> None:
+        super().__init__(path)
+        self._secrets = secrets
+
+    def add(self, line: str) -> None:
+        if not any(secret in line for secret in self._secrets()):
+            super().add(line)
+
+
+async def _one_shot(cfg: Settings, credentials: CredentialProvider, words: list[bytes]) -> int:
+    async with open_session(cfg, credentials) as session:
         shell = Shell(cfg, session)
         await shell.run_args(words, cfg.repeat)
     return 0
 
 
-async def _piped(cfg: Settings) -> int:
-    async with open_session(cfg) as session:
+async def _piped(cfg: Settings, credentials: CredentialProvider) -> int:
+    async with open_session(cfg, credentials) as session:
         shell = Shell(cfg, session)
         try:
             await session.connection()  # as redis-cli: connect first, retry for each command
         except RedisConnectionError as exc:
             shell.failed = True
-            _err(f"Could not connect: {exc}")
+            _err(f"Could not connect: {session.redact(str(exc))}")
         async for line in stdin_lines(MAX_LINE):
             if line is None:
                 _out(b"Invalid argument(s)\n")
@@ -864,15 +583,18 @@ async def _piped(cfg: Settings) -> int:
     return 1 if shell.failed else 0
 
 
-async def _repl(cfg: Settings) -> int:
-    history = History(history_path())
-    async with open_session(cfg) as session:
+async def _repl(cfg: Settings, credentials: CredentialProvider) -> int:
+    for handler in logging.getLogger().handlers:  # log lines (a failed credential refresh)
+        if isinstance(handler, logging.StreamHandler):  # may come while the terminal is raw
+            handler.terminator = "\r\n"
+    async with open_session(cfg, credentials) as session:
+        history = _History(history_path(), session.secrets)
         shell = Shell(cfg, session)
         try:
             await session.connection()
             await shell.load_docs()
         except RedisConnectionError as exc:
-            _err(f"Could not connect: {exc}")
+            _err(f"Could not connect: {session.redact(str(exc))}")
         shell.editor = TerminalEditor(0, history, lambda: shell.docs or bundled_docs(), _HELPERS)
 
         def interrupted() -> None:

@@ -175,6 +175,24 @@ def test_help_one_shot(redis_plain: RedisNode) -> None:
     assert b"Get the value of a key" in done.stdout
 
 
+def test_help_lists_the_credential_flags() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for flag in (
+        b"--password-command",
+        b"--entra",
+        b"--credential-refresh",
+        b"--credential-timeout",
+    ):
+        assert flag in done.stdout
+
+
+def test_credential_refresh_needs_a_password_command(redis_plain: RedisNode) -> None:
+    done = cli(*node_flags(redis_plain), "--credential-refresh", "5", "PING")
+    assert done.returncode == 2
+    assert "--credential-refresh needs --password-command" in one_line_error(done)
+
+
 # --------------------------------------------------------------------------------- piped
 
 
@@ -514,6 +532,29 @@ def test_repl_history_file_mode_is_tightened(
     assert term.wait() == 0
     assert history.stat().st_mode & 0o777 == 0o600
     assert history.read_text().splitlines() == ["ECHO old", "quit"]
+
+
+def test_repl_history_drops_lines_with_the_password(
+    redis_tls: RedisNode,
+    certs_dir: CertPaths,
+    terminal: Callable[..., Terminal],
+    tmp_path: Path,
+) -> None:
+    """A line holding the -a password is not stored, whatever the command (here ECHO)."""
+    assert redis_tls.password
+    term = terminal(*node_flags(redis_tls, certs_dir))
+    prompt = prompt_of(redis_tls)
+    term.expect(prompt)
+    term.send(f"ECHO {redis_tls.password}\r".encode())
+    term.expect(f'"{redis_tls.password}"'.encode())
+    term.expect(prompt)
+    term.send(b"ECHO kept\r")
+    term.expect(b'"kept"')
+    term.expect(prompt)
+    term.send(b"quit\r")
+    assert term.wait() == 0
+    history = (tmp_path / ".redis-client_history").read_text()
+    assert history.splitlines() == ["ECHO kept", "quit"]
 
 
 def test_repl_completion_hints_and_help(
