@@ -6,6 +6,11 @@ byte counts, the clock read for the latency, the once-a-second publish amortised
 bare loop, and the cost of each view (snapshot, Prometheus text, INFO text) for 6 and 200
 nodes, which runs about once a second. Compare with the relay's own cost per command (several
 µs through TLS in Python; see PERFORMANCE.md) to judge the overhead.
+
+It also prints what the standalone relay pays to know which bytes are replies (the scanning
+that counting needs there), per command, in pipelines of 16: counting reply frames
+(tunnel.tracking.CountingTracker, what --dashboard adds; it also catches the server's error for
+TUNNEL) versus scanning request frames (what looking for TUNNEL in the requests would add).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from client.resp import encode_command
+from tunnel.requests import RequestScanner
 from tunnel.stats import PUBLISH_INTERVAL, ConnectionCounters, TunnelStats
+from tunnel.tracking import CountingTracker, ReplyScanner
 
 __all__ = ["main"]
 
@@ -100,12 +108,17 @@ def per_command_rows(n: int) -> list[tuple[str, Callable[[], int]]]:
 
 def filled_stats(nodes: int) -> TunnelStats:
     stats = TunnelStats("pinned")
-    stats.set_topology([
-        {"address": f"10.0.{i // 250}.{i % 250}:6379",
-         "role": "master" if i % 2 == 0 else "replica",
-         "slots": [(i * 100, i * 100 + 99)] if i % 2 == 0 else [],
-         "listener": f"127.0.0.1:{7000 + i}"}
-        for i in range(nodes)])
+    stats.set_topology(
+        [
+            {
+                "address": f"10.0.{i // 250}.{i % 250}:6379",
+                "role": "master" if i % 2 == 0 else "replica",
+                "slots": [(i * 100, i * 100 + 99)] if i % 2 == 0 else [],
+                "listener": f"127.0.0.1:{7000 + i}",
+            }
+            for i in range(nodes)
+        ]
+    )
     for i in range(nodes):
         c = ConnectionCounters()
         for j in range(500):
@@ -121,8 +134,9 @@ def main() -> None:
     ap.add_argument("--commands", type=int, default=1_000_000, help="commands per run")
     ap.add_argument("--runs", type=int, default=3, help="runs per row; the best one counts")
     args = ap.parse_args()
-    print(f"python {sys.version.split()[0]}, {args.commands:,} commands per run, "
-          f"best of {args.runs}")
+    print(
+        f"python {sys.version.split()[0]}, {args.commands:,} commands per run, best of {args.runs}"
+    )
     print(f"{'per command':52} {'ns/cmd':>8} {'extra vs bare':>14}")
     bare = None
     for name, fn in per_command_rows(args.commands):
@@ -141,8 +155,10 @@ def main() -> None:
 
     seconds = best_of(args.runs, publish)
     print(f"{'publish (1 command in the counters), per call':52} {seconds * 1e9:8.1f}")
-    print(f"  -> at one publish per connection per {PUBLISH_INTERVAL:g} s, 1000 busy "
-          f"connections spend {seconds * 1000 * 1e3:.2f} ms/s publishing")
+    print(
+        f"  -> at one publish per connection per {PUBLISH_INTERVAL:g} s, 1000 busy "
+        f"connections spend {seconds * 1000 * 1e3:.2f} ms/s publishing"
+    )
 
     print(f"\n{'view (runs about once a second)':40} {'6 nodes':>12} {'200 nodes':>12}")
     for label, view in (
@@ -155,14 +171,51 @@ def main() -> None:
         for nodes in (6, 200):
             filled = filled_stats(nodes)
 
-            def run(filled: TunnelStats = filled, view: Callable[[TunnelStats], object] = view
-                    ) -> int:
+            def run(
+                filled: TunnelStats = filled, view: Callable[[TunnelStats], object] = view
+            ) -> int:
                 for _ in range(20):
                     view(filled)
                 return 20
 
             cells.append(f"{best_of(args.runs, run) * 1e3:9.3f} ms")
         print(f"{label:40} {cells[0]:>12} {cells[1]:>12}")
+    scanning(args)
+
+
+def scanning_rows(n: int) -> list[tuple[str, Callable[[], int]]]:
+    """Scanning costs per command, 16 commands (or replies) per chunk."""
+    chunks = max(1, n // 16)
+    sets = b"".join(encode_command(b"SET", b"key:%012d" % i, b"xxx") for i in range(16))
+    oks = b"+OK\r\n" * 16
+    values = b"$3\r\nxxx\r\n" * 16
+
+    def requests() -> int:
+        scanner = RequestScanner()
+        for _ in range(chunks):
+            scanner.feed(sets)
+        return chunks * 16
+
+    def replies(data: bytes) -> Callable[[], int]:
+        def run() -> int:
+            scanner = ReplyScanner(CountingTracker())
+            for _ in range(chunks):
+                scanner.feed(data)
+            return chunks * 16
+
+        return run
+
+    return [
+        ("count reply frames: +OK (SET replies)", replies(oks)),
+        ("count reply frames: $3 (GET replies)", replies(values)),
+        ("scan request frames: SET key value (for comparison)", requests),
+    ]
+
+
+def scanning(args: argparse.Namespace) -> None:
+    print(f"\n{'scanning, 16 per chunk':52} {'ns/cmd':>8}")
+    for name, fn in scanning_rows(args.commands // 4):
+        print(f"{name:52} {best_of(args.runs, fn) * 1e9:8.1f}")
 
 
 if __name__ == "__main__":

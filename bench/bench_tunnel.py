@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python bench/bench_tunnel.py [--quick] [--repeat 3] [--requests 100000] [--json FILE]
+                                 [--dashboard] [--skip-pinned] [--skip-memory] [--skip-stunnel]
 
 What it does, all on 127.0.0.1 with throwaway servers and free ports:
 
@@ -17,6 +18,10 @@ What it does, all on 127.0.0.1 with throwaway servers and free ports:
 3. Memory: 1,000 clients connect to the standalone tunnel, each sends PING (so each has its
    own upstream TLS connection) and then idles; the tunnel's RSS is read from /proc (goal:
    at most 150 MB).
+
+4. With ``--dashboard``: the same loads, in the same rounds, through a second standalone tunnel
+   (and pinned tunnel) started with ``--dashboard 0`` (statistics counted and served), to show
+   what counting costs: throughput and proxy CPU per request with and without it.
 
 Everything started is stopped by PID at the end, also on errors and Ctrl-C.
 """
@@ -278,11 +283,14 @@ def slot_owner(cluster: LocalCluster, key: str) -> RedisNode:
 def report(results: dict[str, Any]) -> str:
     lines = ["## Tunnel benchmark", ""]
     sa = results["standalone"]
-    lines.append(
-        "| load | test | tunnel rps | stunnel rps | ratio | tunnel p50/p99 ms "
-        "| stunnel p50/p99 ms | CPU us/req tunnel / stunnel |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|")
+    if not any(key.startswith("stunnel/") for key in sa):
+        sa = {}  # --skip-stunnel: nothing to compare with
+    else:
+        lines.append(
+            "| load | test | tunnel rps | stunnel rps | ratio | tunnel p50/p99 ms "
+            "| stunnel p50/p99 ms | CPU us/req tunnel / stunnel |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
     for pipeline in results["pipelines"]:
         for test, name in (
             ("SET", "tunnel"),
@@ -302,7 +310,7 @@ def report(results: dict[str, Any]) -> str:
                 f"{s['p50']:.3f}/{s['p99']:.3f} | {t['cpu_us']:.1f} / {s['cpu_us']:.1f} |"
             )
     pinned = results.get("pinned")
-    if pinned:
+    if pinned and any(key.startswith("direct/") for key in pinned):
         lines += [
             "",
             "| load | test | pinned rps | direct TLS rps | ratio | pinned p50/p99 ms "
@@ -321,6 +329,32 @@ def report(results: dict[str, Any]) -> str:
                     f"{t['p50']:.3f}/{t['p99']:.3f} | {d['p50']:.3f}/{d['p99']:.3f} | "
                     f"{t['cpu_us']:.1f} |"
                 )
+    overhead = [
+        (kind, name, results[kind])
+        for kind, name in (("standalone", "tunnel"), ("pinned", "pinned"))
+        if kind in results and any(key.startswith(f"{name}+dash/") for key in results[kind])
+    ]
+    if overhead:
+        lines += [
+            "",
+            "| relay | load | test | rps without / with --dashboard | ratio "
+            "| p50 ms without / with | CPU us/req without / with |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for kind, name, table in overhead:
+            for pipeline in results["pipelines"]:
+                for test in ("SET", "GET"):
+                    plain = table.get(f"{name}/P{pipeline}/{test}")
+                    dash = table.get(f"{name}+dash/P{pipeline}/{test}")
+                    if not plain or not dash:
+                        continue
+                    lines.append(
+                        f"| {kind} | -c {CLIENTS} -P {pipeline} | {test} | "
+                        f"{plain['rps']:,.0f} / {dash['rps']:,.0f} | "
+                        f"{dash['rps'] / plain['rps']:.2f}x | "
+                        f"{plain['p50']:.3f} / {dash['p50']:.3f} | "
+                        f"{plain['cpu_us']:.1f} / {dash['cpu_us']:.1f} |"
+                    )
     mem = results.get("memory")
     if mem:
         lines += [
@@ -342,6 +376,14 @@ def main(argv: list[str] | None = None) -> int:
         "--pipelines", default="1,16", help="comma-separated -P values (default 1,16)"
     )
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--skip-stunnel", action="store_true", help="no stunnel, no single-process tunnel"
+    )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also relay through tunnels started with --dashboard (the counting overhead)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
@@ -363,30 +405,32 @@ def main(argv: list[str] | None = None) -> int:
         # the default (--workers auto: 2 processes on 2+ CPUs) and a single process
         tunnel, _ = start_tunnel([*upstream, "--local-port", str(tport)], secret)
         started.append(tunnel)
-        single, _ = start_tunnel([*upstream, "--local-port", str(tport1), "--workers", "1"], secret)
-        started.append(single)
-        stunnel, sport = start_stunnel(work, server, certs)
-        started.append(stunnel)
-        print(
-            f"standalone: tunnel :{tport} (default workers), :{tport1} (--workers 1), "
-            f"stunnel :{sport} -> TLS redis :{server.port}"
-        )
-        results["standalone"] = compare(
-            {
-                "tunnel": (tport, [], tunnel.popen.pid),
-                "tunnel-1": (tport1, [], single.popen.pid),
-                "stunnel": (sport, ["-a", PASSWORD], stunnel.popen.pid),
-            },
-            pipelines,
-            requests,
-            repeat,
-        )
-        single.stop()
+        targets: dict[str, tuple[int, list[str], int | None]] = {
+            "tunnel": (tport, [], tunnel.popen.pid)
+        }
+        if not args.skip_stunnel:
+            single, _ = start_tunnel(
+                [*upstream, "--local-port", str(tport1), "--workers", "1"], secret
+            )
+            started.append(single)
+            stunnel, sport = start_stunnel(work, server, certs)
+            started.append(stunnel)
+            targets["tunnel-1"] = (tport1, [], single.popen.pid)
+            targets["stunnel"] = (sport, ["-a", PASSWORD], stunnel.popen.pid)
+        if args.dashboard:
+            dport = free_port()
+            dashed, _ = start_tunnel(
+                [*upstream, "--local-port", str(dport), "--dashboard", "0"], secret
+            )
+            started.append(dashed)
+            targets["tunnel+dash"] = (dport, [], dashed.popen.pid)
+        print("standalone: " + ", ".join(f"{n} :{v[0]}" for n, v in targets.items()))
+        results["standalone"] = compare(targets, pipelines, requests, repeat)
         if not args.skip_memory:
             results["memory"] = idle_memory(tport, tunnel.popen.pid, IDLE_CLIENTS)
             print(f"memory: {results['memory']}")
-        tunnel.stop()
-        stunnel.stop()
+        for proc in started:
+            proc.stop()
         if not args.skip_pinned:
             cluster = start_cluster(
                 masters=3,
@@ -396,23 +440,21 @@ def main(argv: list[str] | None = None) -> int:
                 workdir=work / "cluster",
             )
             servers.append(cluster)
-            pinned, table = start_tunnel(
-                [
-                    "-c",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(cluster.seed.port),
-                    "-t",
-                    "--cacert",
-                    str(certs.ca),
-                    "--tunnel-mode",
-                    "pinned",
-                    "--refresh",
-                    "0",
-                ],
-                {"REDIS_CLIENT_PASSWORD": PASSWORD},
-            )
+            pinned_args = [
+                "-c",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(cluster.seed.port),
+                "-t",
+                "--cacert",
+                str(certs.ca),
+                "--tunnel-mode",
+                "pinned",
+                "--refresh",
+                "0",
+            ]
+            pinned, table = start_tunnel(pinned_args, {"REDIS_CLIENT_PASSWORD": PASSWORD})
             started.append(pinned)
             node = slot_owner(cluster, "key:__rand_int__")
             local = next(
@@ -422,12 +464,24 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"pinned: listener :{local} -> node {node.address}")
             tls = ["--tls", "--cacert", str(certs.ca), "-a", PASSWORD]
-            results["pinned"] = compare(
-                {"pinned": (local, [], pinned.popen.pid), "direct": (node.port, tls, None)},
-                pipelines,
-                requests,
-                repeat,
-            )
+            pinned_targets: dict[str, tuple[int, list[str], int | None]] = {
+                "pinned": (local, [], pinned.popen.pid)
+            }
+            if not args.skip_stunnel:
+                pinned_targets["direct"] = (node.port, tls, None)
+            if args.dashboard:
+                dashed, dtable = start_tunnel(
+                    [*pinned_args, "--dashboard", "0"],
+                    {"REDIS_CLIENT_PASSWORD": PASSWORD},
+                )
+                started.append(dashed)
+                dlocal = next(
+                    int(line.split(" -> ")[0].rpartition(":")[2])
+                    for line in dtable
+                    if line.split(" -> ")[1].split(" ")[0] == node.address
+                )
+                pinned_targets["pinned+dash"] = (dlocal, [], dashed.popen.pid)
+            results["pinned"] = compare(pinned_targets, pipelines, requests, repeat)
         text = report(results)
         print()
         print(text)

@@ -4,7 +4,22 @@
 redis-client tunn -h HOST [-p PORT] -t [auth/TLS flags] [--listen ADDR] [--local-port N]
 redis-client tunn -c -h SEED ... --tunnel-mode pinned [--listen ADDR] [--port-base N]
 redis-client tunn --demo
+    [--dashboard [ADDR:]PORT] [--stats] [--password-command CMD | --entra] ...
 ```
+
+Observability: ``--dashboard [ADDR:]PORT`` creates the statistics (tunnel.stats.TunnelStats),
+puts them in ``TunnelConfig.stats`` and serves the page, ``/metrics`` and the WebSocket
+(tunnel.dashboard) on 127.0.0.1 unless an address is given; ``--stats`` keeps the statistics
+for ``TUNNEL INFO`` without serving anything. Without either, nothing is counted (the
+standalone relay then forwards requests and replies unscanned; counting costs a little, see
+bench/bench_tunnel.py --dashboard) and ``TUNNEL`` reaches the server, which does not know it.
+
+Rotating credentials (``--password-command``, ``--entra``; client.credentials): main runs the
+provider's refresh loop (its first fetch happens before anything listens, so a broken command
+fails at start), puts the provider in ``TunnelConfig.credentials`` and a ``Reauth`` hub in
+``TunnelConfig.reauth``; each new credential goes to ``reauth.rotate()``, which logs every live
+upstream connection in again in place (and reaches worker processes and subscribers). A
+failing refresh is one error line (redacted); the current login stays.
 
 Smart cluster mode lives in ``tunnel/smart.py`` (another change). The dispatch point is
 :func:`choose_server`: it imports ``tunnel.smart`` and calls its ``serve_smart(config, *,
@@ -21,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -33,12 +49,26 @@ from typing import Any
 
 import trio
 
+from client.credentials import Credential, add_credential_arguments, provider_from_args
 from client.errors import ConfigError, RedisToolkitError
 from client.main import Mode
 from client.options import TlsOptions, add_server_arguments, server_options
-from tunnel.server import TunnelConfig, serve_pinned, serve_standalone
+from client.replicas import READ_FROM_CHOICES, parse_read_from
+from tunnel.dashboard import serve_dashboard
+from tunnel.relay import Reauth
+from tunnel.rewrite import format_hostport
+from tunnel.server import TunnelConfig, announce_host, serve_pinned, serve_standalone
+from tunnel.stats import TunnelStats
 
-__all__ = ["LOCAL_PASSWORD_ENV", "MODE", "choose_server", "configure", "run"]
+__all__ = [
+    "LOCAL_PASSWORD_ENV",
+    "MODE",
+    "build_config",
+    "choose_server",
+    "configure",
+    "dashboard_address",
+    "run",
+]
 
 LOCAL_PASSWORD_ENV = "REDIS_CLIENT_LOCAL_PASSWORD"
 
@@ -77,9 +107,39 @@ def _workers(text: str) -> int:
     return value
 
 
+def dashboard_address(text: str) -> tuple[str, int]:
+    """``PORT`` (on 127.0.0.1) or ``ADDR:PORT`` (``[v6]:PORT``) for ``--dashboard``.
+
+    Raises:
+        argparse.ArgumentTypeError: not one of those forms, or a port outside 0..65535.
+    """
+    value = text.strip()
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", value
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"invalid dashboard address {text!r}: expected PORT or ADDR:PORT (0 = any free port)"
+        )
+    return host, int(port_text)
+
+
+def _pool_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid pool size {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"invalid pool size {value}: expected 1 to 64")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the shared server flags and the tunnel's own."""
     add_server_arguments(parser)
+    add_credential_arguments(parser)
     group = parser.add_argument_group("tunnel")
     group.add_argument(
         "--listen", default="127.0.0.1", metavar="ADDR", help="local address (default 127.0.0.1)"
@@ -120,9 +180,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="standalone: processes sharing the local port (default auto: 2 on 2+ CPUs)",
     )
     group.add_argument(
+        "--read-from",
+        metavar="|".join(READ_FROM_CHOICES),
+        help="smart: where read-only commands go (default master)",
+    )
+    group.add_argument(
+        "--pool-size",
+        type=_pool_size,
+        metavar="N",
+        help="smart: shared upstream connections per node (default 2)",
+    )
+    group.add_argument(
         "--demo",
         action="store_true",
         help="start a local TLS cluster (3 masters, 3 replicas) and tunnel to it",
+    )
+    watch = parser.add_argument_group("observability")
+    watch.add_argument(
+        "--dashboard",
+        type=dashboard_address,
+        metavar="[ADDR:]PORT",
+        help="serve a live dashboard, /metrics (Prometheus) and a WebSocket on PORT "
+        "(127.0.0.1 unless ADDR is given; 0 = any free port); also enables TUNNEL INFO",
+    )
+    watch.add_argument(
+        "--stats",
+        action="store_true",
+        help="count traffic for TUNNEL INFO without serving a dashboard",
     )
 
 
@@ -149,10 +233,19 @@ def build_config(ns: argparse.Namespace) -> TunnelConfig:
             "--local-port does not apply to pinned mode (one listener per node)",
             hint="use --port-base N to choose the listener ports",
         )
+    mode = "standalone" if not cluster else (ns.tunnel_mode or "smart")
+    if mode != "smart":
+        for flag, value in (("--read-from", ns.read_from), ("--pool-size", ns.pool_size)):
+            if value is not None:
+                raise ConfigError(
+                    f"{flag} applies to smart cluster mode", hint="add -c (smart is the default)"
+                )
     upstream = server_options(ns) if ns.host else server_options(ns, default_host="127.0.0.1")
+    provider = provider_from_args(ns, upstream)
     secret = ns.local_password
     if secret is None:
         secret = os.environ.get(LOCAL_PASSWORD_ENV) or None
+    counting = ns.dashboard is not None or ns.stats
     return TunnelConfig(
         upstream=upstream,
         listen=ns.listen,
@@ -161,6 +254,10 @@ def build_config(ns: argparse.Namespace) -> TunnelConfig:
         port_base=ns.port_base,
         refresh_interval=ns.refresh,
         workers=1 if cluster else (ns.workers or min(2, os.cpu_count() or 1)),
+        stats=TunnelStats(mode) if counting else None,
+        credentials=provider if provider.dynamic else None,
+        read_from=parse_read_from(ns.read_from) if ns.read_from is not None else "master",
+        pool_size=ns.pool_size if ns.pool_size is not None else 2,
     )
 
 
@@ -208,13 +305,53 @@ async def _until_signal(scope: trio.CancelScope) -> None:
             return
 
 
-async def _serve_until_signal(serve: Serve, config: TunnelConfig) -> None:
+def _dashboard_line(listeners: list[trio.SocketListener]) -> str:
+    host, port = listeners[0].socket.getsockname()[:2]
+    try:
+        loopback = ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        loopback = False
+    url = f"http://{format_hostport(announce_host(host), port)}/"
+    extra = "" if loopback else f"; listening on {host}: anyone who can reach it sees the stats"
+    return f"dashboard: {url} (Prometheus metrics at {url}metrics{extra})"
+
+
+async def _serve_until_signal(
+    serve: Serve, config: TunnelConfig, dashboard: tuple[str, int] | None = None
+) -> None:
+    """Run the tunnel (and its dashboard and credential refresh) until SIGINT/SIGTERM."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_signal, nursery.cancel_scope)
-        await serve(config)
+        provider = config.credentials
+        if provider is not None:
+            hub: list[Reauth] = []
+
+            async def on_new(credential: Credential) -> None:
+                if hub:
+                    hub[0].rotate(credential)
+                    print(
+                        f"redis-client tunn: new credential for user "
+                        f"{provider.redact(credential.username)}: every live upstream "
+                        "connection logs in again",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+            first = await nursery.start(provider.serve_refresh, on_new)
+            hub.append(Reauth(first))
+            config = replace(config, reauth=hub[0])
+        listeners: list[trio.SocketListener] = []
+        if dashboard is not None:
+            assert config.stats is not None
+            listeners = await nursery.start(serve_dashboard, config.stats, *dashboard)
+        await nursery.start(serve, config)
+        if listeners:
+            config.say(_dashboard_line(listeners))
 
 
-async def _demo(serve: Serve, config: TunnelConfig) -> None:
+async def _demo(
+    serve: Serve, config: TunnelConfig, dashboard: tuple[str, int] | None = None
+) -> None:
     """Start a local TLS cluster, tunnel to it, stop it on the way out."""
     from certs import generate
     from client.embedded import LocalCluster, start_cluster
@@ -246,7 +383,7 @@ async def _demo(serve: Serve, config: TunnelConfig) -> None:
             "PORT from the table below",
             flush=True,
         )
-        await _serve_until_signal(serve, replace(config, upstream=upstream))
+        await _serve_until_signal(serve, replace(config, upstream=upstream), dashboard)
     finally:
         with trio.CancelScope(shield=True):
             if cluster is not None:
@@ -259,11 +396,11 @@ def run(ns: argparse.Namespace) -> int:
     """Run the tunnel until SIGINT/SIGTERM; 0 on a clean stop."""
     config = build_config(ns)
     serve = choose_server(ns)
-    main: Callable[[Serve, TunnelConfig], Awaitable[Any]] = (
+    main: Callable[[Serve, TunnelConfig, tuple[str, int] | None], Awaitable[Any]] = (
         _demo if ns.demo else _serve_until_signal
     )
     try:
-        trio.run(main, serve, config)
+        trio.run(main, serve, config, ns.dashboard)
     except BaseExceptionGroup as group:
         leaf = _leaf(group)
         if isinstance(leaf, (RedisToolkitError, KeyboardInterrupt)):

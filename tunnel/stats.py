@@ -14,6 +14,14 @@ How counting stays cheap
 # the per-node registry entry (:class:`NodeCounters`) and zeroes them. Only the registry is ever
 # read by the views, so a view costs nothing on the hot path.
 #
+# Connections that stay open would never publish while they idle, so the tunnel also keeps
+# the live counters in a :class:`LiveCounters` and publishes all of them once a second
+# (``publish_all``, called by the server's ticker), and each one when its connection closes.
+#
+# Worker processes (the standalone tunnel's ``--workers``) keep their own registry and send
+# :meth:`TunnelStats.export_delta` to the parent once a second; the parent adds it with
+# :meth:`TunnelStats.merge_delta`, so its views cover every process.
+#
 # The views:
 # - :meth:`TunnelStats.snapshot`: a JSON-able dict (totals, per-second rates and windowed p50/p99
 #   since the previous snapshot, clients, topology), pushed by the dashboard's WebSocket;
@@ -26,10 +34,13 @@ How counting stays cheap
 #   ops                 commands answered (replies forwarded to clients)
 #   bytes_in            request bytes received from clients for this node
 #   bytes_out           reply bytes sent to clients from this node
-#   errors              error replies sent to clients (from the node or made by the tunnel)
+#   errors              error replies sent to clients (from the node or made by the tunnel);
+#                       MOVED/ASK redirects count as moved/ask, not here
 #   moved, ask          MOVED / ASK redirects received from the node
 #   retries             commands sent again (after MOVED, ASK, TRYAGAIN or a reconnect)
-#   upstream_reconnects upstream connections to the node dialled again after a loss
+#   upstream_reconnects upstream connections to the node dialled again after a loss (the
+#                       standalone and pinned relays count an upstream lost under a connected
+#                       client: that client reconnects, and the tunnel dials again for it)
 # Latency: from the request reaching the tunnel to its reply leaving it, in nanoseconds, in
 # log-spaced buckets (1-1.5-2-3-5-7 per decade, 1 µs .. 10 s, plus overflow).
 """
@@ -37,6 +48,7 @@ How counting stays cheap
 from __future__ import annotations
 
 import json
+import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,6 +63,7 @@ __all__ = [
     "LOCAL_NODE",
     "PUBLISH_INTERVAL",
     "ConnectionCounters",
+    "LiveCounters",
     "NodeCounters",
     "TopologyNode",
     "TunnelStats",
@@ -58,6 +71,7 @@ __all__ = [
     "is_tunnel_info",
     "percentile_us",
     "topology_nodes",
+    "tunnel_args",
     "tunnel_reply",
 ]
 
@@ -255,6 +269,8 @@ class TunnelStats:
         self._rates: dict[str, float] = dict.fromkeys(COUNTER_NAMES, 0.0)
         self._window_p50: float | None = None
         self._window_p99: float | None = None
+        self._exported: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._exported_clients = (0, 0)
 
     # -- what the relays call ---------------------------------------------------------------
 
@@ -328,6 +344,62 @@ class TunnelStats:
             entry.listener = info.get("listener")
             entry.health = info.get("health", "")
             entry.in_topology = True
+
+    # -- other processes ------------------------------------------------------------------
+
+    def export_delta(self) -> dict[str, Any] | None:
+        """What changed since the previous export, JSON-able; None when nothing did.
+
+        A worker process sends this to its parent, which adds it with :meth:`merge_delta`.
+        Topology (roles, slots, listeners) is the parent's business and is not exported.
+        """
+        previous = self._exported
+        out: dict[str, Any] = {}
+        for address, entry in self._nodes.items():
+            counts = (*entry.counts(), entry.latency_sum_ns)
+            before, before_latency = previous.get(address, (_NO_COUNTS, _ZEROS))
+            diff = [a - b for a, b in zip(counts, before, strict=True)]
+            latency = [a - b for a, b in zip(entry.latency, before_latency, strict=True)]
+            if any(diff) or any(latency):
+                item: dict[str, Any] = {
+                    name: value
+                    for name, value in zip((*COUNTER_NAMES, "latency_sum_ns"), diff, strict=True)
+                    if value
+                }
+                if any(latency):
+                    item["latency"] = {str(i): n for i, n in enumerate(latency) if n}
+                out[address] = item
+                previous[address] = (counts, tuple(entry.latency))
+        connected = self.clients_connected - self._exported_clients[0]
+        total = self.clients_total - self._exported_clients[1]
+        if not (out or connected or total):
+            return None
+        self._exported_clients = (self.clients_connected, self.clients_total)
+        return {"nodes": out, "clients_connected": connected, "clients_total": total}
+
+    def merge_delta(self, delta: Mapping[str, Any]) -> None:
+        """Add a delta from :meth:`export_delta` of another process's registry.
+
+        Raises:
+            ValueError: ``delta`` is not what :meth:`export_delta` makes (it is left unmerged).
+        """
+        try:
+            nodes = [
+                (str(address), _delta_counts(item), _delta_latency(item))
+                for address, item in dict(delta.get("nodes") or {}).items()
+            ]
+            connected = int(delta.get("clients_connected", 0))
+            total = int(delta.get("clients_total", 0))
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"not a statistics delta: {exc}") from None
+        for address, counts, latency in nodes:
+            entry = self.node(address)
+            for name, value in counts.items():
+                setattr(entry, name, getattr(entry, name) + value)
+            for index, count in latency:
+                entry.latency[index] += count
+        self.clients_connected = max(self.clients_connected + connected, 0)
+        self.clients_total += total
 
     # -- views --------------------------------------------------------------------------------
 
@@ -558,6 +630,65 @@ _PROMETHEUS_COUNTERS = (
 )
 
 
+_NO_COUNTS = (0,) * (len(COUNTER_NAMES) + 1)
+_DELTA_FIELDS = (*COUNTER_NAMES, "latency_sum_ns")
+
+
+def _delta_counts(item: Mapping[str, Any]) -> dict[str, int]:
+    counts = {name: int(item[name]) for name in _DELTA_FIELDS if name in item}
+    if any(value < 0 for value in counts.values()):
+        raise ValueError("negative counter in a statistics delta")
+    return counts
+
+
+def _delta_latency(item: Mapping[str, Any]) -> list[tuple[int, int]]:
+    pairs = [(int(index), int(count)) for index, count in dict(item.get("latency") or {}).items()]
+    for index, count in pairs:
+        if not 0 <= index < _BUCKETS or count < 0:
+            raise ValueError("bad latency bucket in a statistics delta")
+    return pairs
+
+
+class LiveCounters:
+    """The counters of every open connection of one tunnel process, by node.
+
+    The relays take a :class:`ConnectionCounters` with :meth:`open` and bump it; the server
+    calls :meth:`publish_all` once a second, and :meth:`close` publishes a connection's last
+    counts. Opening and closing also move the clients gauge.
+    """
+
+    def __init__(self, stats: TunnelStats) -> None:
+        self.stats = stats
+        self._live: dict[ConnectionCounters, str] = {}
+
+    @property
+    def connections(self) -> int:
+        """Open connections."""
+        return len(self._live)
+
+    def open(self, node_address: str) -> ConnectionCounters:
+        """A client connected; its counters go to ``node_address``."""
+        counters = ConnectionCounters()
+        self._live[counters] = node_address
+        self.stats.client_opened()
+        return counters
+
+    def close(self, counters: ConnectionCounters) -> None:
+        """The connection closed: publish what it counted last; drop it."""
+        node_address = self._live.pop(counters, None)
+        if node_address is None:
+            return
+        self.stats.publish(node_address, counters)
+        self.stats.client_closed()
+
+    def publish_all(self) -> None:
+        """Publish every open connection's counters (those that counted anything)."""
+        publish = self.stats.publish
+        for counters, node_address in self._live.items():
+            if not counters.is_empty():
+                publish(node_address, counters)
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -610,6 +741,34 @@ def is_tunnel_command(args: Sequence[bytes]) -> bool:
 def is_tunnel_info(args: Sequence[bytes]) -> bool:
     """True for exactly ``TUNNEL INFO`` (any case)."""
     return len(args) == 2 and is_tunnel_command(args) and args[1].upper() == b"INFO"
+
+
+_UNKNOWN = re.compile(
+    rb"-ERR unknown command ['`](tunnel)['`](?:, with args beginning with: (.*))?\r\n\Z",
+    re.IGNORECASE | re.DOTALL,
+)
+_QUOTED = re.compile(rb"['`]([^'`]*)['`]")
+
+
+def tunnel_args(error: bytes) -> list[bytes] | None:
+    """The words of a ``TUNNEL ...`` request, read from the server's reply to it, or None.
+
+    The standalone and pinned relays do not parse requests on their hot path, so they let
+    ``TUNNEL`` go to the server and answer in place of its unknown-command error, whose text
+    quotes the arguments: ``-ERR unknown command 'TUNNEL', with args beginning with: 'INFO'``
+    (Redis 7 and Valkey; Redis 6 quotes with backticks and ends each with a comma; older
+    servers quote only the name). The server keeps the reply in order, and in a transaction it
+    aborts EXEC as for any unknown command.
+    """
+    if not error.startswith(b"-ERR unknown command "):
+        return None
+    match = _UNKNOWN.match(error)
+    if match is None:
+        return None
+    args = [match.group(1)]
+    if match.group(2):
+        args += _QUOTED.findall(match.group(2))
+    return args
 
 
 def tunnel_reply(stats: TunnelStats, args: Sequence[bytes]) -> bytes:

@@ -8,14 +8,9 @@ Theory of operation
 -------------------
 # Three pieces, each fed raw chunks (up to 64 KiB) and returning what to forward:
 #
-# * RequestScanner (client -> upstream). Streams RESP arrays and inline commands. It keeps
-#   only the command name and, for the few commands whose replies matter (CLUSTER ..., CLIENT
-#   REPLY ...), two small arguments; bulk payloads are counted and skipped, never buffered, so a
-#   512 MB SET flows through in 64 KiB pieces. It enforces Redis's own limits and messages
-#   ("Protocol error: invalid bulk length", ...) and the cross-protocol guard (a POST or Host:
-#   command closes the connection). Frames it is asked to intercept (AUTH and HELLO when the
-#   tunnel checks a local password, or every frame before the client has authenticated) are
-#   captured whole, up to a small limit, and handed to the relay instead of being forwarded.
+# * RequestScanner (client -> upstream; in tunnel.requests, re-exported here). Streams RESP
+#   arrays and inline commands, keeps only command names and a few small arguments, enforces
+#   Redis's limits and the cross-protocol guard, and captures the frames the relay intercepts.
 #
 # * ReplyTracker: the pairing state machine. Each request pushes a note on a FIFO (run-length
 #   encoded: ordinary commands cost one integer increment, so a client that pipelines a million
@@ -31,19 +26,27 @@ Theory of operation
 #     - CLIENT REPLY OFF/SKIP suppress replies (no note is pushed); MONITOR ends pairing for
 #       good (only redirects are still rewritten); SYNC/PSYNC switch the relay to raw bytes.
 #   HELLO replies tell RESP2 (array) from RESP3 (map); RESET returns to the start state.
+#   ``answered`` counts the commands whose replies completed (the statistics' ops).
+#   A frame the relay sends on its own (a re-AUTH with a new credential) files an INJECTED
+#   note (push_injected); its reply is captured and dropped, so the client never sees it.
+#   may_inject() says when that is safe: the request side keeps just enough state for it
+#   (a MULTI sent and not yet closed, SUBSCRIBE notes still due).
+#
+# * CountingTracker: the same interface for a relay that does not scan requests (standalone
+#   with statistics): no FIFO, every reply frame is an answer, except pushes and RESP2 pub/sub
+#   messages; error lines are still captured (errors, TUNNEL).
 #
 # * ReplyScanner (upstream -> client). Streams reply frames of any RESP2/RESP3 type, depth and
 #   size. At each frame start it asks the tracker what the frame is: RAW (forward as it
 #   arrives: nearly every frame), CAPTURE (hold the whole frame: an error line, which may be a
-#   MOVED/ASK, or the reply to a topology command; bounded), PUSH (hold a push until its type is
-#   known, to drop MOVING/SMIGRATED; bounded, a large push is a message and streams) or
-#   DESCEND (an EXEC array holding a topology reply: its elements become frames of their own).
-#   It returns raw byte slices and Captured frames in stream order; the relay rewrites the
-#   captured ones (render()) and writes everything in one batch.
+#   MOVED/ASK, the reply to a topology command or to an injected frame; bounded), PUSH (hold a
+#   push until its type is known, to drop MOVING/SMIGRATED; bounded, a large push is a message
+#   and streams) or DESCEND (an EXEC array holding a topology reply: its elements become frames
+#   of their own). It returns raw byte slices and Captured frames in stream order; the relay
+#   rewrites the captured ones (render()) and writes everything in one batch.
 #
-# Limits: request header lines and inline commands 64 KiB, bulk strings 512 MB, 1M arguments
-# (Redis's own limits); intercepted frames 64 KiB; captured replies 16 MiB (a larger one is
-# forwarded unchanged and counted); pushes held 64 KiB; reply nesting 1024.
+# Limits: captured replies 16 MiB (a larger one is forwarded unchanged and counted); pushes
+# held 64 KiB; reply nesting 1024. (Request limits: see tunnel.requests.)
 """
 
 from __future__ import annotations
@@ -53,7 +56,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from client.errors import RespProtocolError
-from client.resp import split_inline
+from tunnel.requests import (
+    CROSS_PROTOCOL,
+    MAX_HEADER,
+    NOTED,
+    PEEK_SIZE,
+    Command,
+    CrossProtocol,
+    RequestScanner,
+    strict_int,
+)
 from tunnel.rewrite import (
     AddressBook,
     Missing,
@@ -68,6 +80,7 @@ __all__ = [
     "NOTED",
     "Captured",
     "Command",
+    "CountingTracker",
     "CrossProtocol",
     "Mode",
     "Note",
@@ -77,417 +90,16 @@ __all__ = [
     "render",
 ]
 
-MAX_HEADER = 64 * 1024
-MAX_INLINE = 64 * 1024
-MAX_BULK = 512 * 1024 * 1024
-MAX_ARGS = 2**31 - 1
-MAX_INTERCEPT = 64 * 1024
 MAX_CAPTURE = 16 * 1024 * 1024
 MAX_PUSH_HOLD = 64 * 1024
 MAX_DEPTH = 1024
 #: Small arguments kept for classification (CLUSTER <sub>, CLIENT REPLY <mode>).
-_PEEK_ARGS = 2
-_PEEK_SIZE = 64
+_PEEK_SIZE = PEEK_SIZE
+_int = strict_int
 
 _CRLF = b"\r\n"
 _STAR = 42  # "*"
 _DOLLAR = 36  # "$"
-
-
-# ---------------------------------------------------------------------------------------------
-# Requests
-
-
-class Command:
-    """One complete request frame, as far as the relay needs to know it.
-
-    Attributes:
-        name: the command name, upper-cased (``b""`` when too long to be a command).
-        args: the first arguments after the name, when small (all of them for a captured
-            frame); an argument too large to keep is ``None``.
-        argc: the number of words, the name included.
-        frame: the whole frame when it was captured (not forwarded), else None.
-    """
-
-    __slots__ = ("argc", "args", "frame", "name")
-
-    def __init__(
-        self, name: bytes, args: list[bytes | None], argc: int, frame: bytes | None = None
-    ) -> None:
-        self.name = name
-        self.args = args
-        self.argc = argc
-        self.frame = frame
-
-    def arg(self, index: int) -> bytes | None:
-        """Argument ``index`` (0 is the first after the name), upper-cased, or None."""
-        if index < len(self.args):
-            value = self.args[index]
-            return None if value is None else value.upper()
-        return None
-
-    def __repr__(self) -> str:
-        return f"Command({self.name!r}, {self.args!r}, argc={self.argc})"
-
-
-class CrossProtocol:
-    """Marker: the client sent ``POST`` or ``Host:``, a browser speaking HTTP to us."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "CROSS_PROTOCOL"
-
-
-CROSS_PROTOCOL = CrossProtocol()
-
-_GUARDED = frozenset((b"POST", b"HOST:"))
-
-#: What RequestScanner.feed returns: raw bytes to forward, a count of ordinary commands
-#: (tracking only), a Command, the cross-protocol marker or a protocol error.
-_Item = bytes | int | Command | CrossProtocol | RespProtocolError
-
-
-def _int(text: bytes) -> int | None:
-    # int() accepts " 12", "1_2" and "+3"; RESP does not.
-    if not text or not (text.isdigit() or (text[0] == 45 and text[1:].isdigit())):
-        return None
-    return int(text)
-
-
-class RequestScanner:
-    """Finds request frames in the client's byte stream (streaming; see the module notes).
-
-    Args:
-        track: report every command (pinned mode pairs replies); otherwise only captured ones.
-        intercept: command names (upper case) to capture instead of forwarding.
-        peek: command names whose first small arguments are kept for classification.
-
-    Attributes:
-        capture_all: capture every frame (before the client has authenticated). While set,
-            :meth:`feed` stops after each captured frame; call ``feed(b"")`` to go on.
-        paused: :meth:`feed` stopped early and holds unread bytes.
-    """
-
-    def __init__(
-        self,
-        *,
-        track: bool = False,
-        intercept: frozenset[bytes] = frozenset(),
-        peek: frozenset[bytes] = frozenset((b"CLUSTER", b"CLIENT")),
-    ) -> None:
-        self.track = track
-        self.intercept = intercept
-        self.peek = peek
-        self.capture_all = False
-        self.paused = False
-        #: After a violation: the bytes from the offending frame on (never forwarded).
-        self.rest = b""
-        self._carry = b""
-        self._args_left = 0  # bulk arguments still to come in the current frame
-        self._skip = 0  # payload bytes (CRLF included) still to skip
-        self._cur: Command | None = None
-        self._plain = 0  # ordinary commands seen but not reported yet
-        self._captured = False
-        self._dead = False
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held back (a partial frame head or an intercepted frame): always small."""
-        return len(self._carry)
-
-    def detach(self) -> bytes:
-        """Stop scanning; return the bytes held back, which were never handed out."""
-        held, self._carry = self._carry, b""
-        self._dead = True
-        return held
-
-    def _fail(self, out: list[_Item], buf: bytes, raw_from: int, at: int, message: str) -> None:
-        """End the stream with a protocol error found at ``buf[at]``.
-
-        The bytes before ``at`` (from ``raw_from``) are still handed out, with the commands
-        counted so far; :attr:`rest` keeps the bytes from ``at`` on.
-        """
-        if raw_from < at:
-            out.append(buf[raw_from:at])
-        self._flush(out)
-        self._dead = True
-        self._carry = b""
-        self.rest = buf[at:]
-        out.append(RespProtocolError(message))
-
-    def _guard(self, out: list[_Item], buf: bytes, raw_from: int, at: int) -> None:
-        if raw_from < at:
-            out.append(buf[raw_from:at])
-        self._flush(out)
-        self._dead = True
-        self._carry = b""
-        out.append(CROSS_PROTOCOL)
-
-    def feed(self, data: bytes) -> list[_Item]:
-        """Scan ``data``; return, in stream order, the raw bytes to forward and the events.
-
-        Events: with ``track``, an ``int`` counts ordinary commands (those the tracker only
-        counts) and a :class:`Command` stands for any other; a captured :class:`Command`
-        (its bytes are NOT in the raw pieces); :data:`CROSS_PROTOCOL` or a
-        :class:`RespProtocolError`, after which the stream is over.
-        """
-        if self._dead:
-            return []
-        buf = self._carry + data if self._carry else data
-        self._carry = b""
-        self.paused = False
-        out: list[_Item] = []
-        n = len(buf)
-        pos = 0
-        raw_from = 0
-        while pos < n:
-            if self._skip:
-                take = min(self._skip, n - pos)
-                self._skip -= take
-                pos += take
-                if self._skip == 0:
-                    self._args_left -= 1
-                    if self._args_left == 0:
-                        self._finish(out)
-                continue
-            if self._args_left:
-                result = self._args(buf, pos, n, out, raw_from)
-            elif buf[pos] == _STAR:
-                result = self._multibulk(buf, pos, n, out, raw_from)
-            else:
-                result = self._inline(buf, pos, n, out, raw_from)
-            if result is None:
-                return out  # a violation or the guard: the stream is over
-            if result < 0:
-                pos = ~result  # an incomplete head or argument header: carry it
-                break
-            if self._captured:
-                self._captured = False
-                raw_from = result  # a captured frame: its bytes are not forwarded
-                if self.capture_all:
-                    self._carry = buf[result:]
-                    self.paused = bool(self._carry)
-                    self._flush(out)
-                    return out
-            pos = result
-        if pos < n:
-            self._carry = buf[pos:]
-        if raw_from < pos:
-            out.append(buf[raw_from:pos] if (raw_from or pos < n) else buf)
-        self._flush(out)
-        return out
-
-    def _finish(self, out: list[_Item]) -> None:
-        cur = self._cur
-        if cur is not None:
-            self._cur = None
-            self._flush(out)
-            out.append(cur)
-
-    def _flush(self, out: list[_Item]) -> None:
-        """Report the ordinary commands counted so far (before an event that follows them)."""
-        if self._plain:
-            out.append(self._plain)
-            self._plain = 0
-
-    def _args(self, buf: bytes, pos: int, n: int, out: list[_Item], raw_from: int) -> int | None:
-        """Pass the bulk arguments still due in the current frame, starting at ``pos``.
-
-        Returns:
-            The position after them (or ``n`` with a payload left to skip), ``~p`` when the
-            argument header at ``p`` is incomplete (carry from there), None after a violation.
-        """
-        find = buf.find
-        cur = self._cur
-        keep = cur is not None and cur.name in self.peek
-        left = self._args_left
-        while left:
-            if pos >= n:
-                self._args_left = left
-                return pos
-            if buf[pos] != _DOLLAR:
-                self._fail(out, buf, raw_from, pos, f"expected '$', got '{chr(buf[pos])}'")
-                return None
-            eol = find(_CRLF, pos, pos + MAX_HEADER)
-            if eol < 0:
-                if n - pos >= MAX_HEADER:
-                    self._fail(out, buf, raw_from, pos, "too big bulk count string")
-                    return None
-                self._args_left = left
-                return ~pos
-            size = _int(buf[pos + 1 : eol])
-            if size is None or size < 0 or size > MAX_BULK:
-                self._fail(out, buf, raw_from, pos, "invalid bulk length")
-                return None
-            end = eol + 4 + size
-            if keep and cur is not None and len(cur.args) < _PEEK_ARGS:
-                if size <= _PEEK_SIZE:
-                    if end > n:
-                        self._args_left = left
-                        return ~pos  # keep small arguments whole: carry from the header
-                    cur.args.append(buf[eol + 2 : end - 2])
-                else:
-                    cur.args.append(None)
-            if end > n:
-                self._args_left = left  # this one's payload goes on in later chunks
-                self._skip = end - n
-                return n
-            pos = end
-            left -= 1
-        self._args_left = 0
-        self._finish(out)
-        return pos
-
-    def _multibulk(
-        self,
-        buf: bytes,
-        pos: int,
-        n: int,
-        out: list[_Item],
-        raw_from: int,
-    ) -> int | None:
-        """A ``*N`` frame starts at ``pos``: the new position, ``~pos`` or None (see _args)."""
-        eol = buf.find(_CRLF, pos, pos + MAX_HEADER)
-        if eol < 0:
-            if n - pos >= MAX_HEADER:
-                self._fail(out, buf, raw_from, pos, "too big mbulk count string")
-                return None
-            return ~pos
-        count = _int(buf[pos + 1 : eol])
-        if count is None or count > MAX_ARGS:
-            self._fail(out, buf, raw_from, pos, "invalid multibulk length")
-            return None
-        if self.capture_all and count > 10:
-            self._fail(out, buf, raw_from, pos, "unauthenticated multibulk length")
-            return None
-        if count <= 0:
-            return eol + 2  # an empty command: Redis ignores it, and so do we
-        p = eol + 2
-        if p >= n:
-            return ~pos
-        if buf[p] != _DOLLAR:
-            self._fail(out, buf, raw_from, pos, f"expected '$', got '{chr(buf[p])}'")
-            return None
-        e2 = buf.find(_CRLF, p, p + MAX_HEADER)
-        if e2 < 0:
-            if n - p >= MAX_HEADER:
-                self._fail(out, buf, raw_from, pos, "too big bulk count string")
-                return None
-            return ~pos
-        size = _int(buf[p + 1 : e2])
-        if size is None or size < 0 or size > MAX_BULK:
-            self._fail(out, buf, raw_from, pos, "invalid bulk length")
-            return None
-        if size > _PEEK_SIZE:
-            # Longer than any command name: forward it, Redis answers it with an error.
-            if self.track:
-                self._plain += 1
-            self._args_left = count  # the name's payload is skipped like an argument
-            self._skip = size + 2
-            return e2 + 2
-        end = e2 + 4 + size
-        if end > n:
-            return ~pos
-        name = buf[e2 + 2 : end - 2].upper()
-        if name in _GUARDED:
-            self._guard(out, buf, raw_from, pos)
-            return None
-        if self.capture_all or name in self.intercept:
-            return self._capture(buf, pos, n, count, name, out, raw_from)
-        if self.track:
-            if name in _NOTED:
-                self._cur = Command(name, [], count)
-            else:
-                self._plain += 1  # an ordinary command: a count is all the tracker needs
-        if count == 1:
-            self._finish(out)
-            return end
-        self._args_left = count - 1
-        return self._args(buf, end, n, out, raw_from)
-
-    def _capture(
-        self,
-        buf: bytes,
-        pos: int,
-        n: int,
-        count: int,
-        name: bytes,
-        out: list[_Item],
-        raw_from: int,
-    ) -> int | None:
-        """Take the whole frame at ``pos`` (it must fit in MAX_INTERCEPT)."""
-        args: list[bytes | None] = []
-        p = buf.find(_CRLF, pos) + 2
-        for _ in range(count):
-            eol = buf.find(_CRLF, p)
-            if eol < 0:
-                break
-            if buf[p] != _DOLLAR:
-                self._fail(out, buf, raw_from, pos, f"expected '$', got '{chr(buf[p])}'")
-                return None
-            size = _int(buf[p + 1 : eol])
-            if size is None or size < 0 or size > MAX_INTERCEPT:
-                bad = "unauthenticated bulk length" if self.capture_all else "invalid bulk length"
-                self._fail(out, buf, raw_from, pos, bad)
-                return None
-            if eol + 4 + size > n:
-                break
-            args.append(buf[eol + 2 : eol + 2 + size])
-            p = eol + 4 + size
-        if len(args) < count:
-            if n - pos > MAX_INTERCEPT:
-                self._fail(out, buf, raw_from, pos, "request too large to intercept")
-                return None
-            return ~pos
-        if raw_from < pos:
-            out.append(buf[raw_from:pos])
-        self._flush(out)
-        out.append(Command(name, args[1:], count, buf[pos:p]))
-        self._captured = True
-        return p
-
-    def _inline(
-        self,
-        buf: bytes,
-        pos: int,
-        n: int,
-        out: list[_Item],
-        raw_from: int,
-    ) -> int | None:
-        """An inline command starts at ``pos`` (returns as _multibulk)."""
-        eol = buf.find(b"\n", pos, pos + MAX_INLINE)
-        if eol < 0:
-            if n - pos >= MAX_INLINE:
-                self._fail(out, buf, raw_from, pos, "too big inline request")
-                return None
-            return ~pos
-        words = split_inline(buf[pos:eol])
-        if words is None:
-            self._fail(out, buf, raw_from, pos, "unbalanced quotes in request")
-            return None
-        if not words:
-            return eol + 1  # an empty line: Redis ignores it
-        name = words[0].upper()
-        if name in _GUARDED:
-            self._guard(out, buf, raw_from, pos)
-            return None
-        if self.capture_all or name in self.intercept:
-            if raw_from < pos:
-                out.append(buf[raw_from:pos])
-            self._flush(out)
-            args: list[bytes | None] = list(words[1:])
-            out.append(Command(name, args, len(words), buf[pos : eol + 1]))
-            self._captured = True
-            return eol + 1
-        if self.track:
-            if name in _NOTED:
-                self._flush(out)
-                kept: list[bytes | None] = list(words[1 : 1 + _PEEK_ARGS])
-                out.append(Command(name, kept, len(words)))
-            else:
-                self._plain += 1
-        return eol + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +127,7 @@ class Kind(IntEnum):
     HELLO = 6
     RESET = 7
     MONITOR = 8
+    INJECTED = 9  # a frame the relay sent itself (a re-AUTH): its reply is swallowed
 
 
 @dataclass(slots=True, eq=False)
@@ -535,6 +148,8 @@ class Note:
 
 
 PLAIN = Note(Kind.PLAIN)
+#: An unbounded plain budget (CountingTracker: every reply is an ordinary one).
+_UNLIMITED = 1 << 62
 
 _TOPICS = {
     b"SLOTS": Topic.SLOTS,
@@ -562,8 +177,7 @@ _SUBSCRIBES = {
 _CONFIRMS = frozenset(_SUBSCRIBES.values())
 _MESSAGES = frozenset((b"message", b"pmessage", b"smessage"))
 #: Commands the tracker must see one by one; every other command is only counted.
-NOTED = frozenset((*_SIMPLE_KINDS, *_SUBSCRIBES, b"CLUSTER", b"CLIENT", b"SYNC", b"PSYNC"))
-_NOTED = NOTED
+_NOTED = NOTED  # (tunnel.requests) every name above, CLUSTER, CLIENT, SYNC and PSYNC
 
 
 class ReplyTracker:
@@ -573,6 +187,9 @@ class ReplyTracker:
         proto: the client's protocol, 2 or 3, as the HELLO replies tell.
         raw: SYNC/PSYNC was sent: the relay must stop scanning and forward raw bytes.
         monitor: MONITOR succeeded: replies no longer pair with commands.
+        answered: commands whose replies have completed so far (a statistic: one per note
+            popped; a SUBSCRIBE counts once, an injected frame never).
+        open_multi: a MULTI was sent and its EXEC/DISCARD/RESET not yet (request side).
     """
 
     def __init__(self) -> None:
@@ -585,6 +202,9 @@ class ReplyTracker:
         self.channels = 0
         self.patterns = 0
         self.shards = 0
+        self.answered = 0
+        self.open_multi = False
+        self._subscribes_due = 0  # SUBSCRIBE-family notes in the FIFO
         self._reply_off = False
         self._skip_next = False
 
@@ -596,6 +216,10 @@ class ReplyTracker:
         if name not in _NOTED:
             self.push_plain()
             return
+        if name == b"MULTI":
+            self.open_multi = True
+        elif name in (b"EXEC", b"DISCARD", b"RESET"):
+            self.open_multi = False
         note = PLAIN
         if name == b"CLIENT" and cmd.arg(0) == b"REPLY":
             mode = cmd.arg(1)
@@ -626,7 +250,29 @@ class ReplyTracker:
         if note is PLAIN:
             self.push_plain()
         else:
+            if note.kind is Kind.SUBSCRIBE:
+                self._subscribes_due += 1
             self._fifo.append(note)
+
+    def push_injected(self) -> None:
+        """File the note for a frame the relay sends on its own (its reply is swallowed).
+
+        Only when :meth:`may_inject` says so: then the reply is sure to come, and to be the
+        next one after the replies already due.
+        """
+        self._fifo.append(Note(Kind.INJECTED))
+
+    def may_inject(self) -> bool:
+        """Whether a frame of the relay's own (``AUTH``) may go upstream now, at a frame
+        boundary of the requests, with a reply that is sure to come back in order.
+
+        Not inside a transaction (it would be queued), not while the connection is or may
+        become subscribed in RESP2 (Redis refuses AUTH there), not after MONITOR or SYNC, and
+        not while CLIENT REPLY OFF/SKIP would swallow its reply.
+        """
+        if self.open_multi or self.monitor or self.raw or self._reply_off or self._skip_next:
+            return False
+        return self.proto == 3 or not (self.subscribed or self._subscribes_due)
 
     def push_plain(self, count: int = 1) -> None:
         """File ``count`` ordinary commands: one run-length entry, however many."""
@@ -658,6 +304,7 @@ class ReplyTracker:
 
     def pop_plain(self, count: int) -> None:
         """``count`` ordinary replies went by (at most :meth:`plain_budget`)."""
+        self.answered += count
         fifo = self._fifo
         first = fifo[0]
         assert type(first) is int
@@ -689,12 +336,18 @@ class ReplyTracker:
             return PLAIN
         first = fifo[0]
         if type(first) is int:
+            self.answered += 1
             if first == 1:
                 fifo.popleft()
             else:
                 fifo[0] = first - 1
             return PLAIN
         fifo.popleft()
+        kind = first.kind  # type: ignore[union-attr]
+        if kind is Kind.SUBSCRIBE:
+            self._subscribes_due -= 1
+        if kind is not Kind.INJECTED:
+            self.answered += 1
         return first  # type: ignore[return-value]
 
     @property
@@ -716,7 +369,7 @@ class ReplyTracker:
             if kind == _STAR and self.proto == 2 and self.subscribed:
                 return Mode.HEAD
             return Mode.RAW
-        if note.kind is Kind.TOPOLOGY:
+        if note.kind is Kind.TOPOLOGY or note.kind is Kind.INJECTED:
             return Mode.CAPTURE
         if kind == _STAR:
             if (
@@ -756,6 +409,8 @@ class ReplyTracker:
                 self.queued.append(PLAIN)
             return note
         k = note.kind
+        if k is Kind.INJECTED:
+            return note
         if k is Kind.MULTI:
             if kind == 43 and not self.in_multi:
                 self.in_multi = True
@@ -779,6 +434,7 @@ class ReplyTracker:
             if kind == 43:
                 self.monitor = True
                 self._fifo.clear()
+                self._subscribes_due = 0
         elif self.in_multi and kind == 43:
             self.queued.append(note)
         return note
@@ -821,6 +477,48 @@ class ReplyTracker:
             self._pop()
 
 
+class CountingTracker(ReplyTracker):
+    """The tracker of a relay that does not scan its requests, only counts its replies.
+
+    The standalone relay with statistics on forwards requests unscanned, so nothing is filed:
+    every reply frame counts as an answered command (:attr:`answered`), except RESP3 pushes and,
+    in RESP2, arrays that start like a pub/sub message (``message``, ``pmessage``, ``smessage``
+    and at least three elements). A SUBSCRIBE of n channels counts n (one per confirmation).
+    Error lines are still captured, so the relay can count them and answer ``TUNNEL``.
+    """
+
+    def push_plain(self, count: int = 1) -> None:
+        return
+
+    def plain_budget(self) -> int:
+        return _UNLIMITED
+
+    def pop_plain(self, count: int) -> None:
+        self.answered += count
+
+    def may_inject(self) -> bool:
+        return False
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    def start(self, kind: int) -> Mode:
+        if kind == 45:  # "-"
+            return Mode.CAPTURE
+        if kind == _STAR:
+            return Mode.HEAD
+        return Mode.RAW
+
+    def done(self, kind: int, head: list[bytes | int | None] | None) -> Note | None:
+        if kind == 62:  # ">"
+            return None
+        if head and len(head) == 3 and isinstance(head[0], bytes) and head[0].lower() in _MESSAGES:
+            return None
+        self.answered += 1
+        return PLAIN
+
+
 @dataclass(slots=True)
 class Captured:
     """A reply frame held back whole: the relay renders it (:func:`render`).
@@ -830,12 +528,14 @@ class Captured:
         topic: the topology command it answers, if any.
         push: it is a RESP3 push.
         head: for a push, its first elements (the type first).
+        injected: it answers a frame the relay sent on its own (dropped by :func:`render`).
     """
 
     frame: bytes
     topic: Topic | None = None
     push: bool = False
     head: list[bytes | int | None] = field(default_factory=list)
+    injected: bool = False
 
 
 def render(
@@ -843,6 +543,8 @@ def render(
 ) -> bytes | Missing:
     """The bytes to forward for a captured frame (``b""`` drops it), or :class:`Missing`."""
     frame = item.frame
+    if item.injected:
+        return b""
     if item.push:
         first = item.head[0] if item.head else None
         return b"" if isinstance(first, bytes) and is_suppressed_push(first) else frame
@@ -1014,14 +716,18 @@ class ReplyScanner:
         self._busy = False
         mode = self._mode
         head = self._head
+        note: Note | None = None
         if self._sub_left:
             self._sub_left -= 1
             if self._sub_left == 0:
                 self._sub = None
         else:
-            self.tracker.done(self._kind, head)
+            note = self.tracker.done(self._kind, head)
         if mode is Mode.CAPTURE or mode is Mode.PUSH:
-            out.append(Captured(bytes(self._hold), self._topic, mode is Mode.PUSH, head or []))
+            injected = note is not None and note.kind is Kind.INJECTED
+            out.append(
+                Captured(bytes(self._hold), self._topic, mode is Mode.PUSH, head or [], injected)
+            )
             self._hold = bytearray()
         elif mode is Mode.DROP:
             self._hold = bytearray()

@@ -41,7 +41,8 @@ class Dashboard:
 
 async def start(nursery: trio.Nursery, stats: TunnelStats) -> Dashboard:
     listeners: list[trio.SocketListener] = await nursery.start(
-        partial(serve_dashboard, interval=INTERVAL), stats, "127.0.0.1", 0)
+        partial(serve_dashboard, interval=INTERVAL), stats, "127.0.0.1", 0
+    )
     return Dashboard(stats, listeners[0].socket.getsockname()[1])
 
 
@@ -52,9 +53,15 @@ async def dashboard(nursery: trio.Nursery) -> Dashboard:
     return await start(nursery, stats)
 
 
-async def http(port: int, method: str = "GET", path: str = "/",
-               headers: Sequence[tuple[str, str]] = (), *, host: str | None = None,
-               body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+async def http(
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    headers: Sequence[tuple[str, str]] = (),
+    *,
+    host: str | None = None,
+    body: bytes = b"",
+) -> tuple[int, dict[str, str], bytes]:
     """One request with h11 on a new connection: (status, headers, body)."""
     with trio.fail_after(WAIT):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -71,8 +78,9 @@ async def http(port: int, method: str = "GET", path: str = "/",
             return await read_response(conn, stream)
 
 
-async def read_response(conn: h11.Connection,
-                        stream: trio.abc.Stream) -> tuple[int, dict[str, str], bytes]:
+async def read_response(
+    conn: h11.Connection, stream: trio.abc.Stream
+) -> tuple[int, dict[str, str], bytes]:
     status, got, payload = 0, {}, bytearray()
     while True:
         event = conn.next_event()
@@ -116,13 +124,20 @@ def sample(samples: Series, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def open_ws(port: int, origin: str | None) -> AbstractAsyncContextManager[
-        trio_websocket.WebSocketConnection]:
+def open_ws(
+    port: int, origin: str | None
+) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
     """A WebSocket to the dashboard, with ``Origin: origin`` (none when None)."""
     headers = [(b"Origin", origin.encode())] if origin is not None else []
-    return trio_websocket.open_websocket("127.0.0.1", port, "/ws", use_ssl=False,
-                                         extra_headers=headers, connect_timeout=WAIT,
-                                         disconnect_timeout=WAIT)
+    return trio_websocket.open_websocket(
+        "127.0.0.1",
+        port,
+        "/ws",
+        use_ssl=False,
+        extra_headers=headers,
+        connect_timeout=WAIT,
+        disconnect_timeout=WAIT,
+    )
 
 
 async def next_snapshot(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
@@ -141,8 +156,14 @@ ASK = {A: 0, B: 5, C: 0}
 SET_FRAME = b"*3\r\n$3\r\nSET\r\n$8\r\nkey:0001\r\n$3\r\nxxx\r\n"
 
 
-def feed_traffic(stats: TunnelStats, sets: dict[str, int], moved: dict[str, int],
-                 ask: dict[str, int], *, connections: int = 3) -> None:
+def feed_traffic(
+    stats: TunnelStats,
+    sets: dict[str, int],
+    moved: dict[str, int],
+    ask: dict[str, int],
+    *,
+    connections: int = 3,
+) -> None:
     """N SETs and M redirects per node, spread over several connections, published in parts."""
     now = 0.0
     for address in sets:
@@ -167,11 +188,13 @@ def feed_traffic(stats: TunnelStats, sets: dict[str, int], moved: dict[str, int]
 
 async def test_metrics_and_websocket_report_exact_counts(nursery: trio.Nursery) -> None:
     stats = TunnelStats("smart")
-    stats.set_topology([
-        {"address": A, "role": "master", "slots": [(0, 5460)]},
-        {"address": B, "role": "master", "slots": [(5461, 10922)]},
-        {"address": C, "role": "master", "slots": [(10923, 16383)]},
-    ])
+    stats.set_topology(
+        [
+            {"address": A, "role": "master", "slots": [(0, 5460)]},
+            {"address": B, "role": "master", "slots": [(5461, 10922)]},
+            {"address": C, "role": "master", "slots": [(10923, 16383)]},
+        ]
+    )
     for _ in range(4):
         stats.client_opened()
     stats.client_closed()
@@ -185,27 +208,35 @@ async def test_metrics_and_websocket_report_exact_counts(nursery: trio.Nursery) 
     samples = parse_samples(body.decode())
     for address in SETS:
         assert sample(samples, "redis_tunnel_commands_total", node=address) == SETS[address]
-        assert sample(samples, "redis_tunnel_latency_seconds_count", node=address) == SETS[
-            address]
-        assert sample(samples, "redis_tunnel_latency_seconds_bucket", node=address,
-                      le="+Inf") == SETS[address]
+        assert sample(samples, "redis_tunnel_latency_seconds_count", node=address) == SETS[address]
+        assert (
+            sample(samples, "redis_tunnel_latency_seconds_bucket", node=address, le="+Inf")
+            == SETS[address]
+        )
         assert sample(samples, "redis_tunnel_bytes_in_total", node=address) == (
-            SETS[address] * request_bytes)
+            SETS[address] * request_bytes
+        )
         assert sample(samples, "redis_tunnel_bytes_out_total", node=address) == SETS[address] * 5
         assert sample(samples, "redis_tunnel_moved_total", node=address) == MOVED[address]
         assert sample(samples, "redis_tunnel_ask_total", node=address) == ASK[address]
         assert sample(samples, "redis_tunnel_retries_total", node=address) == (
-            MOVED[address] + ASK[address])
+            MOVED[address] + ASK[address]
+        )
     assert sample(samples, "redis_tunnel_clients_connected") == 3
     assert sample(samples, "redis_tunnel_clients_total") == 4
 
     async with open_ws(dash.port, dash.origin) as ws:
         snap = await next_snapshot(ws)
         assert snap["totals"] == {
-            "ops": sum(SETS.values()), "bytes_in": sum(SETS.values()) * request_bytes,
-            "bytes_out": sum(SETS.values()) * 5, "errors": 0, "moved": sum(MOVED.values()),
-            "ask": sum(ASK.values()), "retries": sum(MOVED.values()) + sum(ASK.values()),
-            "upstream_reconnects": 0}
+            "ops": sum(SETS.values()),
+            "bytes_in": sum(SETS.values()) * request_bytes,
+            "bytes_out": sum(SETS.values()) * 5,
+            "errors": 0,
+            "moved": sum(MOVED.values()),
+            "ask": sum(ASK.values()),
+            "retries": sum(MOVED.values()) + sum(ASK.values()),
+            "upstream_reconnects": 0,
+        }
         assert snap["clients"] == {"connected": 3, "total": 4}
         nodes = {node["address"]: node for node in snap["nodes"]}
         for address in SETS:
@@ -240,6 +271,7 @@ async def test_snapshot_json_is_the_latest_pushed_snapshot(dashboard: Dashboard)
 
 # -- WebSocket security ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "origin",
     [
@@ -255,30 +287,46 @@ async def test_snapshot_json_is_the_latest_pushed_snapshot(dashboard: Dashboard)
 )
 async def test_websocket_with_foreign_origin_is_refused(dashboard: Dashboard, origin: str) -> None:
     origin = origin.format(port=dashboard.port, other=dashboard.port + 1)
-    status, _, body = await http(dashboard.port, path="/ws", headers=[
-        ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Origin", origin),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")])
+    status, _, body = await http(
+        dashboard.port,
+        path="/ws",
+        headers=[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Origin", origin),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
     assert status == 403
     assert b"cross-origin" in body
 
 
-@pytest.mark.parametrize(
-    "drop", ["Sec-WebSocket-Key", "Sec-WebSocket-Version", "Connection"])
+@pytest.mark.parametrize("drop", ["Sec-WebSocket-Key", "Sec-WebSocket-Version", "Connection"])
 async def test_incomplete_websocket_handshake_is_a_bad_request(
     dashboard: Dashboard, drop: str
 ) -> None:
-    headers = [("Upgrade", "websocket"), ("Connection", "keep-alive, Upgrade"),
-               ("Origin", dashboard.origin), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-               ("Sec-WebSocket-Version", "13")]
-    status, _, _ = await http(dashboard.port, path="/ws",
-                              headers=[pair for pair in headers if pair[0] != drop])
+    headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Origin", dashboard.origin),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    status, _, _ = await http(
+        dashboard.port, path="/ws", headers=[pair for pair in headers if pair[0] != drop]
+    )
     assert status == 400
 
 
 async def test_http10_websocket_handshake_is_a_bad_request(dashboard: Dashboard) -> None:
-    reply = await raw_exchange(dashboard.port, (
-        b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+    reply = await raw_exchange(
+        dashboard.port,
+        (
+            b"GET /ws HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
+    )
     assert reply.startswith(b"HTTP/1.1 400 ")
 
 
@@ -293,9 +341,7 @@ async def test_websocket_same_origin_or_no_origin_is_accepted(
     assert second["uptime"] > first["uptime"]
 
 
-async def test_websocket_ignores_what_the_client_sends(
-    dashboard: Dashboard
-) -> None:
+async def test_websocket_ignores_what_the_client_sends(dashboard: Dashboard) -> None:
     async with open_ws(dashboard.port, dashboard.origin) as ws:
         await ws.send_message("FLUSHALL")
         await ws.send_message(b"\x00" * 100)
@@ -321,6 +367,7 @@ def test_same_origin_rules() -> None:
 
 
 # -- HTTP ------------------------------------------------------------------------------------
+
 
 async def test_page_and_assets_are_served_with_a_strict_policy(dashboard: Dashboard) -> None:
     status, headers, page = await http(dashboard.port, path="/")
@@ -374,9 +421,18 @@ async def test_head_keepalive_and_errors(dashboard: Dashboard) -> None:
             conn = h11.Connection(h11.CLIENT)
             for path in ("/metrics", "/static/app.css"):
                 await stream.send_all(
-                    (conn.send(h11.Request(method="GET", target=path,
-                                           headers=[("Host", f"127.0.0.1:{dashboard.port}")]))
-                     or b"") + (conn.send(h11.EndOfMessage()) or b""))
+                    (
+                        conn.send(
+                            h11.Request(
+                                method="GET",
+                                target=path,
+                                headers=[("Host", f"127.0.0.1:{dashboard.port}")],
+                            )
+                        )
+                        or b""
+                    )
+                    + (conn.send(h11.EndOfMessage()) or b"")
+                )
                 status, _, body = await read_response(conn, stream)
                 assert status == 200
                 assert body
@@ -389,8 +445,9 @@ async def test_malformed_and_oversized_requests_are_refused(dashboard: Dashboard
     huge = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
     reply = await raw_exchange(dashboard.port, huge)
     assert reply.startswith(b"HTTP/1.1 431 ")
-    big_body = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
-                + b"x" * 100_000)
+    big_body = (
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000
+    )
     reply = await raw_exchange(dashboard.port, big_body)
     assert reply.startswith(b"HTTP/1.1 413 ")
 
@@ -409,8 +466,9 @@ async def test_malformed_and_oversized_requests_are_refused(dashboard: Dashboard
 async def test_loopback_dashboard_refuses_foreign_host_names(
     dashboard: Dashboard, host: str, status: int
 ) -> None:
-    got, _, body = await http(dashboard.port, path="/metrics", host=host.format(
-        port=dashboard.port))
+    got, _, body = await http(
+        dashboard.port, path="/metrics", host=host.format(port=dashboard.port)
+    )
     assert got == status, body
 
 

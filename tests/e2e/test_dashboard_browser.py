@@ -32,8 +32,11 @@ from tunnel.stats import ConnectionCounters, TunnelStats
 __all__: list[str] = []
 
 ARTIFACT = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard.png"
-MASTERS = [("10.20.0.1:6379", (0, 5460)), ("10.20.0.2:6379", (5461, 10922)),
-           ("10.20.0.3:6379", (10923, 16383))]
+MASTERS = [
+    ("10.20.0.1:6379", (0, 5460)),
+    ("10.20.0.2:6379", (5461, 10922)),
+    ("10.20.0.3:6379", (10923, 16383)),
+]
 REPLICAS = ["10.20.0.4:6379", "10.20.0.5:6379", "10.20.0.6:6379"]
 START_TIMEOUT = 30.0
 RENDER_TIMEOUT = 30.0
@@ -53,11 +56,18 @@ def chromium() -> str:
 def synthetic_stats() -> TunnelStats:
     stats = TunnelStats("pinned")
     nodes: list[Any] = [
-        {"address": address, "role": "master", "slots": [slots],
-         "listener": f"127.0.0.1:{7100 + i}"}
-        for i, (address, slots) in enumerate(MASTERS)]
-    nodes += [{"address": address, "role": "replica", "listener": f"127.0.0.1:{7103 + i}"}
-              for i, address in enumerate(REPLICAS)]
+        {
+            "address": address,
+            "role": "master",
+            "slots": [slots],
+            "listener": f"127.0.0.1:{7100 + i}",
+        }
+        for i, (address, slots) in enumerate(MASTERS)
+    ]
+    nodes += [
+        {"address": address, "role": "replica", "listener": f"127.0.0.1:{7103 + i}"}
+        for i, address in enumerate(REPLICAS)
+    ]
     stats.set_topology(nodes)
     return stats
 
@@ -119,8 +129,9 @@ class DevTools:
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         self.last_id += 1
-        await self.ws.send_message(json.dumps({"id": self.last_id, "method": method,
-                                               "params": params}))
+        await self.ws.send_message(
+            json.dumps({"id": self.last_id, "method": method, "params": params})
+        )
         while True:
             message = json.loads(await self.ws.get_message())
             if message.get("id") == self.last_id:
@@ -140,11 +151,13 @@ class DevTools:
         for event in self.events:
             if event["method"] == "Runtime.exceptionThrown":
                 found.append(json.dumps(event["params"]["exceptionDetails"])[:500])
-            elif (event["method"] == "Log.entryAdded"
-                  and event["params"]["entry"]["level"] == "error"):
+            elif (
+                event["method"] == "Log.entryAdded" and event["params"]["entry"]["level"] == "error"
+            ):
                 found.append(event["params"]["entry"]["text"][:500])
-            elif (event["method"] == "Runtime.consoleAPICalled"
-                  and event["params"]["type"] == "error"):
+            elif (
+                event["method"] == "Runtime.consoleAPICalled" and event["params"]["type"] == "error"
+            ):
                 found.append(json.dumps(event["params"]["args"])[:500])
         return found
 
@@ -161,9 +174,15 @@ PAGE_STATE = """(() => {
 
 
 def rendered(state: Any) -> bool:
-    return (isinstance(state, dict) and state["points"] >= 6 and len(state["rows"]) == 6
-            and all(state["charts"].get(name, {}).get("lines", 0) >= 1
-                    and state["charts"][name]["max"] > 0 for name in CHARTS))
+    return (
+        isinstance(state, dict)
+        and state["points"] >= 6
+        and len(state["rows"]) == 6
+        and all(
+            state["charts"].get(name, {}).get("lines", 0) >= 1 and state["charts"][name]["max"] > 0
+            for name in CHARTS
+        )
+    )
 
 
 async def wait_devtools_port(profile: Path, process: trio.Process) -> int:
@@ -179,20 +198,36 @@ async def test_browser_renders_the_live_dashboard(
 ) -> None:
     stats = synthetic_stats()
     nursery.start_soon(synthetic_traffic, stats)
-    listeners = await nursery.start(partial(serve_dashboard, interval=0.5), stats,
-                                    "127.0.0.1", 0)
+    listeners = await nursery.start(partial(serve_dashboard, interval=0.5), stats, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/"
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
     log_path = tmp_path / "chromium.log"
     with log_path.open("wb") as log:
         process = await trio.lowlevel.open_process(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", "--disable-dev-shm-usage", "--disable-extensions",
-             "--mute-audio", "--hide-scrollbars", "--window-size=1400,1000",
-             f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--disable-extensions",
+                "--mute-audio",
+                "--hide-scrollbars",
+                "--window-size=1400,1000",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     try:
         with trio.fail_after(START_TIMEOUT):
             devtools_port = await wait_devtools_port(profile, process)
@@ -201,7 +236,9 @@ async def test_browser_renders_the_live_dashboard(
             assert pages, f"no page target in {targets}"
             page_url = pages[0]["webSocketDebuggerUrl"]
         async with trio_websocket.open_websocket_url(
-            page_url, max_message_size=64 * 1024 * 1024, connect_timeout=START_TIMEOUT,
+            page_url,
+            max_message_size=64 * 1024 * 1024,
+            connect_timeout=START_TIMEOUT,
             disconnect_timeout=5,
         ) as ws:
             devtools = DevTools(ws)
@@ -216,9 +253,17 @@ async def test_browser_renders_the_live_dashboard(
                 metrics = await devtools.call("Page.getLayoutMetrics")
                 size = metrics["cssContentSize"]
                 shot = await devtools.call(
-                    "Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                    clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"],
-                          "scale": 1})
+                    "Page.captureScreenshot",
+                    format="png",
+                    captureBeyondViewport=True,
+                    clip={
+                        "x": 0,
+                        "y": 0,
+                        "width": size["width"],
+                        "height": size["height"],
+                        "scale": 1,
+                    },
+                )
             ARTIFACT.parent.mkdir(exist_ok=True)
             png = base64.b64decode(shot["data"])
             ARTIFACT.write_bytes(png)

@@ -17,13 +17,16 @@ from client.topology import Node, Topology
 from tunnel.stats import (
     BUCKET_BOUNDS_NS,
     COUNTER_NAMES,
+    LOCAL_NODE,
     PUBLISH_INTERVAL,
     ConnectionCounters,
+    LiveCounters,
     TunnelStats,
     is_tunnel_command,
     is_tunnel_info,
     percentile_us,
     topology_nodes,
+    tunnel_args,
     tunnel_reply,
 )
 
@@ -111,6 +114,7 @@ def info_fields(text: bytes) -> tuple[dict[str, str], list[dict[str, str]]]:
 
 # -- ConnectionCounters ----------------------------------------------------------------------
 
+
 def test_bucket_bounds_are_log_spaced_from_1us_to_10s() -> None:
     assert BUCKET_BOUNDS_NS[0] == 1_000
     assert BUCKET_BOUNDS_NS[-1] == 10_000_000_000
@@ -122,7 +126,7 @@ def test_bucket_bounds_are_log_spaced_from_1us_to_10s() -> None:
     ("latency_ns", "bucket"),
     [
         (0, 0),
-        (1_000, 0),          # a bound belongs to its own bucket (Prometheus "le")
+        (1_000, 0),  # a bound belongs to its own bucket (Prometheus "le")
         (1_001, 1),
         (1_500, 1),
         (100_000, BUCKET_BOUNDS_NS.index(100_000)),
@@ -188,6 +192,7 @@ def test_maybe_publish_publishes_at_most_once_per_interval() -> None:
 
 # -- percentiles -----------------------------------------------------------------------------
 
+
 def _histogram(samples: list[int]) -> list[int]:
     counters = ConnectionCounters()
     for sample in samples:
@@ -205,7 +210,7 @@ def test_percentile_stays_inside_the_bucket_of_the_rank() -> None:
     p99 = percentile_us(buckets, 0.99)
     assert p50 is not None
     assert p99 is not None
-    assert 70 < p50 <= 100        # bucket (70 µs, 100 µs]
+    assert 70 < p50 <= 100  # bucket (70 µs, 100 µs]
     assert 7_000 < p99 <= 10_000  # bucket (7 ms, 10 ms]
 
 
@@ -214,6 +219,7 @@ def test_percentile_in_overflow_is_the_last_bound() -> None:
 
 
 # -- snapshot --------------------------------------------------------------------------------
+
 
 def _traffic(stats: TunnelStats) -> None:
     plan = {A: (5, 100_000), B: (7, 300_000), C: (0, 0)}
@@ -236,11 +242,13 @@ def _traffic(stats: TunnelStats) -> None:
 def test_snapshot_totals_are_exact_and_json_able() -> None:
     clock = Clock()
     stats = TunnelStats("smart", clock=clock)
-    stats.set_topology([
-        {"address": A, "role": "master", "slots": [(0, 8191)]},
-        {"address": B, "role": "master", "slots": [(8192, 16383)]},
-        {"address": C, "role": "replica"},
-    ])
+    stats.set_topology(
+        [
+            {"address": A, "role": "master", "slots": [(0, 8191)]},
+            {"address": B, "role": "master", "slots": [(8192, 16383)]},
+            {"address": C, "role": "replica"},
+        ]
+    )
     for _ in range(3):
         stats.client_opened()
     stats.client_closed()
@@ -249,8 +257,16 @@ def test_snapshot_totals_are_exact_and_json_able() -> None:
     snap = json.loads(stats.snapshot_json())
     assert snap["mode"] == "smart"
     assert snap["clients"] == {"connected": 2, "total": 3}
-    assert snap["totals"] == {"ops": 12, "bytes_in": 360, "bytes_out": 60, "errors": 1,
-                              "moved": 4, "ask": 2, "retries": 6, "upstream_reconnects": 1}
+    assert snap["totals"] == {
+        "ops": 12,
+        "bytes_in": 360,
+        "bytes_out": 60,
+        "errors": 1,
+        "moved": 4,
+        "ask": 2,
+        "retries": 6,
+        "upstream_reconnects": 1,
+    }
     assert snap["rates"]["ops"] == pytest.approx(6.0)
     assert snap["rates"]["moved"] == pytest.approx(2.0)
     by_address = {node["address"]: node for node in snap["nodes"]}
@@ -300,14 +316,25 @@ def test_rates_cover_the_window_since_the_previous_snapshot() -> None:
 def test_topology_order_flags_and_listeners() -> None:
     stats = TunnelStats("pinned")
     stats.publish("10.9.9.9:1", ConnectionCounters())
-    stats.set_topology([
-        {"address": C, "role": "replica", "listener": "127.0.0.1:7102"},
-        {"address": B, "role": "master", "slots": [(8192, 16383)], "listener": "127.0.0.1:7101"},
-        {"address": A, "role": "master", "slots": [(0, 8191)], "listener": "127.0.0.1:7100"},
-    ])
+    stats.set_topology(
+        [
+            {"address": C, "role": "replica", "listener": "127.0.0.1:7102"},
+            {
+                "address": B,
+                "role": "master",
+                "slots": [(8192, 16383)],
+                "listener": "127.0.0.1:7101",
+            },
+            {"address": A, "role": "master", "slots": [(0, 8191)], "listener": "127.0.0.1:7100"},
+        ]
+    )
     snap = stats.snapshot()
     assert [(n["address"], n["in_topology"]) for n in snap["nodes"]] == [
-        (A, True), (B, True), (C, True), ("10.9.9.9:1", False)]
+        (A, True),
+        (B, True),
+        (C, True),
+        ("10.9.9.9:1", False),
+    ]
     assert snap["nodes"][0]["listener"] == "127.0.0.1:7100"
     stats.set_topology([{"address": A, "role": "master", "slots": [(0, 16383)]}])
     flags = {n["address"]: n["in_topology"] for n in stats.snapshot()["nodes"]}
@@ -315,25 +342,39 @@ def test_topology_order_flags_and_listeners() -> None:
 
 
 def test_topology_nodes_from_a_client_topology() -> None:
-    topology = Topology([
-        Node(id="a" * 40, host="10.0.0.1", port=7000, slots=((0, 16383),)),
-        Node(id="b" * 40, host="10.0.0.2", port=7001, role="replica", master_id="a" * 40),
-    ])
+    topology = Topology(
+        [
+            Node(id="a" * 40, host="10.0.0.1", port=7000, slots=((0, 16383),)),
+            Node(id="b" * 40, host="10.0.0.2", port=7001, role="replica", master_id="a" * 40),
+        ]
+    )
     nodes = topology_nodes(topology, {"10.0.0.1:7000": "127.0.0.1:17000"})
     assert nodes == [
-        {"address": A, "role": "master", "slots": ((0, 16383),), "listener": "127.0.0.1:17000",
-         "health": "online"},
-        {"address": "10.0.0.2:7001", "role": "replica", "slots": (), "listener": None,
-         "health": "online"},
+        {
+            "address": A,
+            "role": "master",
+            "slots": ((0, 16383),),
+            "listener": "127.0.0.1:17000",
+            "health": "online",
+        },
+        {
+            "address": "10.0.0.2:7001",
+            "role": "replica",
+            "slots": (),
+            "listener": None,
+            "health": "online",
+        },
     ]
 
 
 # -- Prometheus ------------------------------------------------------------------------------
 
+
 def test_prometheus_reports_exact_counts_and_valid_histograms() -> None:
     stats = TunnelStats("smart")
-    stats.set_topology([{"address": A, "role": "master", "slots": [(0, 16383)],
-                         "listener": "127.0.0.1:17000"}])
+    stats.set_topology(
+        [{"address": A, "role": "master", "slots": [(0, 16383)], "listener": "127.0.0.1:17000"}]
+    )
     stats.client_opened()
     _traffic(stats)
     types, samples = parse_prometheus(stats.prometheus())
@@ -352,21 +393,25 @@ def test_prometheus_reports_exact_counts_and_valid_histograms() -> None:
     assert series(samples, "redis_tunnel_retries_total", node=B) == 6
     assert series(samples, "redis_tunnel_errors_total", node=B) == 1
     assert series(samples, "redis_tunnel_upstream_reconnects_total", node=C) == 1
-    assert series(samples, "redis_tunnel_node_info", node=A, role="master",
-                  listener="127.0.0.1:17000") == 1
+    assert (
+        series(samples, "redis_tunnel_node_info", node=A, role="master", listener="127.0.0.1:17000")
+        == 1
+    )
     assert series(samples, "redis_tunnel_node_slots", node=A) == 16384
     for node, count, total_s in ((A, 5, 5 * 100e-6), (B, 7, 7 * 300e-6), (C, 0, 0.0)):
         buckets = sorted(
             (float(dict(labels)["le"]), value)
             for (name, labels), value in samples.items()
-            if name == "redis_tunnel_latency_seconds_bucket" and dict(labels)["node"] == node)
+            if name == "redis_tunnel_latency_seconds_bucket" and dict(labels)["node"] == node
+        )
         assert len(buckets) == len(BUCKET_BOUNDS_NS) + 1
         assert buckets[-1][0] == math.inf
         assert buckets[-1][1] == count
         assert all(a[1] <= b[1] for a, b in itertools.pairwise(buckets))
         assert series(samples, "redis_tunnel_latency_seconds_count", node=node) == count
         assert series(samples, "redis_tunnel_latency_seconds_sum", node=node) == pytest.approx(
-            total_s)
+            total_s
+        )
     # 100 µs samples are in le="0.0001" (a bound is inclusive), none below it.
     assert series(samples, "redis_tunnel_latency_seconds_bucket", node=A, le="0.0001") == 5
     assert series(samples, "redis_tunnel_latency_seconds_bucket", node=A, le="7e-05") == 0
@@ -388,10 +433,19 @@ def test_prometheus_without_nodes_is_valid() -> None:
 
 # -- INFO text and the TUNNEL command --------------------------------------------------------
 
+
 def test_info_text_is_info_style_with_exact_counts() -> None:
     stats = TunnelStats("pinned")
-    stats.set_topology([{"address": A, "role": "master", "slots": [(0, 100), (200, 200)],
-                         "listener": "127.0.0.1:17000"}])
+    stats.set_topology(
+        [
+            {
+                "address": A,
+                "role": "master",
+                "slots": [(0, 100), (200, 200)],
+                "listener": "127.0.0.1:17000",
+            }
+        ]
+    )
     stats.client_opened()
     _traffic(stats)
     text = stats.info_text()
@@ -405,8 +459,13 @@ def test_info_text_is_info_style_with_exact_counts() -> None:
     assert fields["total_moved"] == "4"
     assert fields["total_ask"] == "2"
     assert fields["total_upstream_reconnects"] == "1"
-    assert nodes[0] == nodes[0] | {"address": A, "role": "master", "slots": "0-100 200",
-                                   "listener": "127.0.0.1:17000", "ops": "5"}
+    assert nodes[0] == nodes[0] | {
+        "address": A,
+        "role": "master",
+        "slots": "0-100 200",
+        "listener": "127.0.0.1:17000",
+        "ops": "5",
+    }
     assert {node["address"]: node["moved"] for node in nodes} == {A: "0", B: "4", C: "0"}
 
 
@@ -443,8 +502,10 @@ def test_tunnel_info_reply_is_a_bulk_string_of_info_text() -> None:
     ("args", "expected"),
     [
         ([b"TUNNEL"], b"-ERR wrong number of arguments for 'tunnel' command\r\n"),
-        ([b"TUNNEL", b"INFO", b"all"],
-         b"-ERR wrong number of arguments for 'tunnel|info' command\r\n"),
+        (
+            [b"TUNNEL", b"INFO", b"all"],
+            b"-ERR wrong number of arguments for 'tunnel|info' command\r\n",
+        ),
         ([b"TUNNEL", b"nope\r\n"], b"-ERR unknown subcommand 'nope  '. Try TUNNEL HELP.\r\n"),
     ],
 )
@@ -463,10 +524,12 @@ def test_tunnel_help_is_an_array_of_simple_strings() -> None:
 # -- properties ------------------------------------------------------------------------------
 
 _event = st.one_of(
-    st.tuples(st.just("record"), st.sampled_from([A, B]), st.integers(0, 2 * 10**10),
-              st.integers(1, 50)),
-    st.tuples(st.just("bytes"), st.sampled_from([A, B]), st.integers(0, 10**6),
-              st.integers(0, 10**6)),
+    st.tuples(
+        st.just("record"), st.sampled_from([A, B]), st.integers(0, 2 * 10**10), st.integers(1, 50)
+    ),
+    st.tuples(
+        st.just("bytes"), st.sampled_from([A, B]), st.integers(0, 10**6), st.integers(0, 10**6)
+    ),
     st.tuples(st.just("redirect"), st.sampled_from([A, B]), st.integers(0, 3), st.integers(0, 3)),
     st.tuples(st.just("publish"), st.sampled_from([A, B]), st.just(0), st.just(0)),
     st.tuples(st.just("reconnect"), st.sampled_from([A, B]), st.just(0), st.just(0)),
@@ -510,14 +573,12 @@ def test_published_totals_equal_what_was_counted(events: list[tuple[str, str, in
         assert {name: node[name] for name in COUNTER_NAMES} == model[address]
         assert node["latency"]["count"] == samples[address]
         assert series(prom, "redis_tunnel_commands_total", node=address) == model[address]["ops"]
-        assert series(prom, "redis_tunnel_latency_seconds_count", node=address) == samples[
-            address]
+        assert series(prom, "redis_tunnel_latency_seconds_count", node=address) == samples[address]
     for name in COUNTER_NAMES:
         assert snap["totals"][name] == sum(model[address][name] for address in model)
 
 
-@given(st.lists(st.integers(0, 2 * 10**10), min_size=1, max_size=200),
-       st.floats(0.0, 1.0))
+@given(st.lists(st.integers(0, 2 * 10**10), min_size=1, max_size=200), st.floats(0.0, 1.0))
 def test_percentile_is_monotonic_and_bounded(samples: list[int], q: float) -> None:
     buckets = _histogram(samples)
     value = percentile_us(buckets, q)
@@ -530,6 +591,7 @@ def test_percentile_is_monotonic_and_bounded(samples: list[int], q: float) -> No
 
 # -- layering --------------------------------------------------------------------------------
 
+
 def test_stats_module_is_pure() -> None:
     source = Path(__file__).parents[2] / "tunnel" / "stats.py"
     tree = ast.parse(source.read_text())
@@ -539,5 +601,141 @@ def test_stats_module_is_pure() -> None:
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    assert not imported & {"trio", "anyio", "socket", "ssl", "asyncio", "h11",
-                           "trio_websocket"}
+    assert not imported & {"trio", "anyio", "socket", "ssl", "asyncio", "h11", "trio_websocket"}
+
+
+# -- TUNNEL read from the server's unknown-command error -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "args"),
+    [
+        (
+            b"-ERR unknown command 'TUNNEL', with args beginning with: 'INFO' \r\n",
+            [b"TUNNEL", b"INFO"],
+        ),
+        (
+            b"-ERR unknown command 'tunnel', with args beginning with: 'info' \r\n",
+            [b"tunnel", b"info"],
+        ),
+        (b"-ERR unknown command 'Tunnel', with args beginning with: \r\n", [b"Tunnel"]),
+        (
+            b"-ERR unknown command 'TUNNEL', with args beginning with: 'help' 'x' \r\n",
+            [b"TUNNEL", b"help", b"x"],
+        ),
+        # Redis 6: backticks, a comma after each argument
+        (
+            b"-ERR unknown command `TUNNEL`, with args beginning with: `INFO`, \r\n",
+            [b"TUNNEL", b"INFO"],
+        ),
+        (b"-ERR unknown command 'TUNNEL'\r\n", [b"TUNNEL"]),  # before Redis 5
+    ],
+)
+def test_tunnel_args_from_the_servers_error(error: bytes, args: list[bytes]) -> None:
+    assert tunnel_args(error) == args
+    assert is_tunnel_command(args)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        b"-ERR unknown command 'TUNNELS', with args beginning with: 'INFO' \r\n",
+        b"-ERR unknown command 'GETT', with args beginning with: 'TUNNEL' \r\n",
+        b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        b"-ERR unknown command 'TUNNEL', with args beginning with: 'INFO' \r\nextra",
+        b"+OK\r\n",
+    ],
+)
+def test_other_errors_are_not_tunnel_commands(error: bytes) -> None:
+    assert tunnel_args(error) is None
+
+
+def test_tunnel_args_give_the_same_replies_as_parsed_requests() -> None:
+    stats = TunnelStats("standalone")
+    error = b"-ERR unknown command 'TUNNEL', with args beginning with: 'HELP' \r\n"
+    args = tunnel_args(error)
+    assert args is not None
+    assert tunnel_reply(stats, args) == tunnel_reply(stats, [b"TUNNEL", b"HELP"])
+    assert is_tunnel_info(
+        tunnel_args(b"-ERR unknown command 'TUNNEL', with args beginning with: 'info' \r\n") or []
+    )
+
+
+# -- worker processes: deltas --------------------------------------------------------------------
+
+
+def traffic(stats: TunnelStats, node: str, ops: int, latency_ns: int, **extra: int) -> None:
+    counters = ConnectionCounters()
+    counters.record(latency_ns, ops)
+    counters.bytes_in = 10 * ops
+    counters.bytes_out = 5 * ops
+    for name, value in extra.items():
+        setattr(counters, name, value)
+    stats.publish(node, counters)
+
+
+def test_deltas_from_workers_add_up_exactly() -> None:
+    parent, worker = TunnelStats("standalone"), TunnelStats("standalone")
+    traffic(parent, A, 7, 3_000)
+    worker.client_opened()
+    traffic(worker, A, 5, 40_000, errors=2)
+    traffic(worker, B, 1, 9_000_000, moved=1)
+    worker.upstream_reconnect(B)
+    first = worker.export_delta()
+    assert first is not None
+    parent.merge_delta(json.loads(json.dumps(first)))  # it travels as JSON
+    assert worker.export_delta() is None  # nothing new since
+    worker.client_closed()
+    traffic(worker, A, 2, 40_000)
+    second = worker.export_delta()
+    assert second is not None
+    assert second["clients_connected"] == -1
+    parent.merge_delta(second)
+
+    by_node = {entry.address: entry for entry in parent.nodes()}
+    assert by_node[A].ops == 7 + 5 + 2
+    assert by_node[A].bytes_in == 140
+    assert by_node[A].errors == 2
+    assert by_node[B].moved == 1
+    assert by_node[B].upstream_reconnects == 1
+    assert by_node[A].latency_count == 14
+    assert by_node[A].latency_sum_ns == 7 * 3_000 + 7 * 40_000
+    expected = TunnelStats("standalone")
+    for ops, latency in ((7, 3_000), (5, 40_000), (2, 40_000)):
+        traffic(expected, A, ops, latency)
+    assert by_node[A].latency == {e.address: e for e in expected.nodes()}[A].latency
+    assert parent.clients_connected == 0
+    assert parent.clients_total == 1
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"nodes": {A: {"ops": -1}}},
+        {"nodes": {A: {"latency": {"999": 1}}}},
+        {"nodes": {A: {"ops": "many"}}},
+        {"nodes": [1, 2]},
+    ],
+)
+def test_a_bad_delta_is_refused_whole(delta: dict[str, object]) -> None:
+    stats = TunnelStats("standalone")
+    with pytest.raises(ValueError):
+        stats.merge_delta(delta)
+    assert stats.nodes() == []
+
+
+def test_live_counters_publish_idle_connections_and_on_close() -> None:
+    stats = TunnelStats("standalone")
+    live = LiveCounters(stats)
+    first, second = live.open(A), live.open(B)
+    assert stats.clients_connected == 2
+    assert live.connections == 2
+    first.record(1_000, 3)
+    live.publish_all()  # the ticker: idle or not, what was counted shows
+    assert {e.address: e.ops for e in stats.nodes()} == {A: 3}
+    second.bytes_in += 42
+    live.close(second)
+    live.close(second)  # closing twice is harmless
+    assert stats.clients_connected == 1
+    assert {e.address: e.bytes_in for e in stats.nodes()} == {A: 0, B: 42}
+    assert LOCAL_NODE == "tunnel"

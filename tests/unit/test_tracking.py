@@ -14,6 +14,7 @@ from tunnel.tracking import (
     CROSS_PROTOCOL,
     Captured,
     Command,
+    CountingTracker,
     ReplyScanner,
     ReplyTracker,
     RequestScanner,
@@ -657,3 +658,134 @@ def test_attribute_and_its_reply_pop_once() -> None:
     out, pair = exchange(cmd("GET", "a") + cmd("CLUSTER", "SLOTS"), attr + bulk(b"v") + SLOTS)
     assert out == attr + bulk(b"v") + SLOTS_LOCAL
     assert pair.tracker.pending == 0
+
+
+# -- frame boundaries, answered replies, injected frames (live re-AUTH) -----------------------
+
+
+def test_tracker_kinds_are_exactly_the_noted_commands() -> None:
+    kinds = {*tracking._SIMPLE_KINDS, *tracking._SUBSCRIBES, b"CLUSTER", b"CLIENT"}
+    assert kinds | {b"SYNC", b"PSYNC"} == set(tracking.NOTED)
+
+
+def test_at_boundary_only_between_frames() -> None:
+    scanner = RequestScanner(track=True)
+    frame = cmd("SET", "k", "v" * 1000)
+    seen = [scanner.at_boundary]
+    scanner.feed(frame[:600])  # inside the value: part of the frame went out
+    seen.append(scanner.at_boundary)
+    scanner.feed(frame[600:] + b"*2\r\n$3\r\nGE")  # a partial head is held back, not forwarded
+    seen.append(scanner.at_boundary)
+    scanner.feed(b"T\r\n$1\r\nk")  # the name is out, an argument is still due
+    seen.append(scanner.at_boundary)
+    scanner.feed(b"\r\n")
+    seen.append(scanner.at_boundary)
+    assert seen == [True, False, True, False, True]
+
+
+def test_answered_counts_commands_once_each() -> None:
+    pair = Pair()
+    pair.send(
+        cmd("SET", "a", "1") * 3 + cmd("SUBSCRIBE", "x", "y") + cmd("UNSUBSCRIBE") + cmd("PING")
+    )
+    pair.receive(
+        b"+OK\r\n" * 3
+        + confirm(b"subscribe", b"x", 1)
+        + confirm(b"subscribe", b"y", 2)
+        + message(b"x", b"hello")
+        + confirm(b"unsubscribe", b"x", 1)
+        + confirm(b"unsubscribe", b"y", 0)
+        + b"+PONG\r\n"
+    )
+    assert pair.tracker.answered == 6  # 3 SETs, SUBSCRIBE, UNSUBSCRIBE, PING; no message
+    assert pair.tracker.pending == 0
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_injected_frame_reply_is_swallowed_in_place(size: int | None) -> None:
+    pair = Pair()
+    pair.send(cmd("GET", "a") + cmd("CLUSTER", "SLOTS"))
+    assert pair.tracker.may_inject()
+    pair.tracker.push_injected()  # AUTH sent by the relay after those two
+    pair.send(cmd("SET", "b", "1") + cmd("CLUSTER", "SLOTS"))
+    out = pair.receive(b"$1\r\nv\r\n" + SLOTS + b"+OK\r\n" + b"+OK\r\n" + SLOTS, size)
+    assert out == b"$1\r\nv\r\n" + SLOTS_LOCAL + b"+OK\r\n" + SLOTS_LOCAL
+    assert pair.tracker.pending == 0
+    assert pair.tracker.answered == 4  # the injected AUTH is not a command answered
+
+
+def test_a_refused_injected_frame_is_handed_over_as_injected() -> None:
+    pair = Pair()
+    pair.tracker.push_injected()
+    items = pair.replies.feed(b"-WRONGPASS invalid username-password pair\r\n+PONG\r\n")
+    captured = [i for i in items if isinstance(i, Captured)]
+    assert [c.injected for c in captured] == [True]
+    assert render(captured[0], book(), "10.0.0.1") == b""
+
+
+def states(requests: bytes, replies: bytes = b"") -> bool:
+    pair = Pair()
+    pair.send(requests)
+    if replies:
+        pair.receive(replies)
+    return pair.tracker.may_inject()
+
+
+def test_may_inject_only_where_the_reply_is_sure_to_come_in_order() -> None:
+    assert states(cmd("GET", "a"))
+    # A transaction is open from MULTI until EXEC/DISCARD/RESET is sent.
+    assert not states(cmd("MULTI") + cmd("SET", "a", "1"))
+    assert states(cmd("MULTI") + cmd("SET", "a", "1") + cmd("EXEC"))
+    assert states(cmd("MULTI") + cmd("DISCARD"))
+    # RESP2: subscribing (even before the confirmation) or subscribed: Redis refuses AUTH.
+    assert not states(cmd("SUBSCRIBE", "x"))
+    assert not states(cmd("SUBSCRIBE", "x"), confirm(b"subscribe", b"x", 1))
+    assert states(
+        cmd("SUBSCRIBE", "x") + cmd("UNSUBSCRIBE"),
+        confirm(b"subscribe", b"x", 1) + confirm(b"unsubscribe", b"x", 0),
+    )
+    # RESP3: AUTH is allowed while subscribed.
+    hello3 = b"%1\r\n$5\r\nproto\r\n:3\r\n"
+    assert states(
+        cmd("HELLO", "3") + cmd("SUBSCRIBE", "x"),
+        hello3 + confirm(b"subscribe", b"x", 1, push=True),
+    )
+    # Replies switched off or skipped, MONITOR, SYNC: no reply in order.
+    assert not states(cmd("CLIENT", "REPLY", "OFF"))
+    assert not states(cmd("CLIENT", "REPLY", "SKIP"))
+    assert states(cmd("CLIENT", "REPLY", "OFF") + cmd("CLIENT", "REPLY", "ON"), b"+OK\r\n")
+    assert not states(cmd("MONITOR"), b"+OK\r\n")
+    assert not states(cmd("SYNC"))
+
+
+# -- counting without requests (standalone with statistics) -----------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_counting_tracker_counts_reply_frames(size: int | None) -> None:
+    tracker = CountingTracker()
+    scanner = ReplyScanner(tracker)
+    replies = (
+        b"+OK\r\n" * 5
+        + b"$3\r\nabc\r\n"
+        + b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n"  # a nested array: one reply
+        + b"-ERR unknown command 'TUNNEL', with args beginning with: 'INFO' \r\n"
+        + confirm(b"subscribe", b"ch", 1)  # counts: it answers SUBSCRIBE
+        + message(b"ch", b"payload")  # does not: nobody asked
+        + b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nx\r\n"  # a push never counts
+        + b"%1\r\n$1\r\nk\r\n$1\r\nv\r\n"
+    )
+    out = b""
+    errors = []
+    for piece in chunks(replies, size):
+        for item in scanner.feed(piece):
+            if isinstance(item, Captured):
+                errors.append(item.frame)
+                out += item.frame
+            else:
+                out += item
+    assert out == replies
+    assert errors == [b"-ERR unknown command 'TUNNEL', with args beginning with: 'INFO' \r\n"]
+    assert tracker.answered == 10
+    assert tracker.pending == 0
+    assert not tracker.may_inject()
