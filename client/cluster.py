@@ -293,6 +293,12 @@ class _NodePool:
             self._closers[index] = closer
             return conn
 
+    def connections(self) -> list[Connection | None]:
+        return list(self._conns)
+
+    def close_slot(self, index: int) -> None:
+        self._close_slot(index)
+
     def _close_slot(self, index: int) -> None:
         closer = self._closers[index]
         if closer is not None:
@@ -478,6 +484,38 @@ class ClusterClient:
         opts = replace(self.seed, host=host, port=node.port, tls=tls)
         self._options[key] = opts
         return opts
+
+    async def set_login(self, username: str, password: str | None) -> int:
+        """Switch every connection to a new login, in place (rotating credentials).
+
+        New connections log in with it; every live pooled connection gets ``AUTH`` now. AUTH is
+        pipelined like any command, so commands in flight are unaffected and no connection is
+        dropped. A connection whose AUTH is refused is closed (its users reconnect with the new
+        login).
+
+        Returns:
+            how many live connections were re-authenticated.
+        """
+        self.seed = replace(self.seed, username=username, password=password)
+        self._options.clear()
+        auth = ["AUTH", password or ""]
+        if username not in ("", "default"):
+            auth.insert(1, username)
+        done = 0
+        for pool in list(self._pools.values()):
+            pool.opts = replace(pool.opts, username=username, password=password)
+            for index, conn in enumerate(pool.connections()):
+                if conn is None or not conn.alive or password is None:
+                    continue
+                try:
+                    reply = await conn.request(*auth)
+                except RedisToolkitError:
+                    continue  # the connection died meanwhile; its users reconnect
+                if isinstance(reply, ErrorReply):
+                    pool.close_slot(index)
+                else:
+                    done += 1
+        return done
 
     def _pool(self, node: Node, *, readonly: bool = False) -> _NodePool:
         key = (self._dial_host(node), node.port, readonly)

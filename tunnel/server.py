@@ -897,6 +897,13 @@ async def serve_pinned(
     ):
         if meter is not None:
             nursery.start_soon(_publish_forever, meter.live)
+        if reauth is not None:
+            # The topology client's own connections follow the rotation too, in place.
+            reauth.subscribe(
+                lambda cred: nursery.start_soon(
+                    cluster.set_login, cred.username, cred.password or None
+                )
+            )
         table = PinnedTable(config, cluster, nursery, stats, meter=meter, reauth=reauth)
         await table.sync(cluster.topology, initial=True)
         listeners = table.listeners()

@@ -7,6 +7,7 @@ private clusters from ``redis_factory``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -470,3 +471,28 @@ async def test_errors_in_the_body_propagate_unwrapped(redis_cluster: LocalCluste
 
     with trio.fail_after(20), pytest.raises(ReplyError, match="unknown command"):
         await body()
+
+
+async def test_set_login_switches_live_connections_in_place(redis_cluster: LocalCluster) -> None:
+    """Rotating credentials: every pooled connection is re-authenticated, none is reopened."""
+    names = ("rot-a", "rot-b")
+    for node in redis_cluster.nodes:
+        for name in names:
+            node.call("ACL", "SETUSER", name, "on", f">{name}-pw", "~*", "&*", "+@all")
+    try:
+        opts = replace(cluster_opts(redis_cluster), username="rot-a", password="rot-a-pw")
+        async with open_cluster(opts, connections_per_node=2) as client:
+            keys = [f"{{{tag}}}:rot" for tag in ("a", "b", "c", "d", "e", "f")]
+            for key in keys * 2:  # both connections of every master's pool
+                await client.execute("SET", key, "1")
+            opened = client.statistics().connections_opened
+            assert await client.set_login("rot-b", "rot-b-pw") >= 6
+            for master in client.topology.masters():
+                for _ in range(2):
+                    assert await client.execute_on(master, "ACL", "WHOAMI") == b"rot-b"
+            for key in keys:
+                assert await client.execute("GET", key) == b"1"
+            assert client.statistics().connections_opened == opened
+    finally:
+        for node in redis_cluster.nodes:
+            node.call("ACL", "DELUSER", *names)

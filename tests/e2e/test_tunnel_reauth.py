@@ -43,6 +43,7 @@ from redis.retry import Retry
 
 from client.embedded import LocalCluster, RedisNode
 from client.resp import FrameScanner, encode_command
+from tunnel.server import TOPOLOGY_CLIENT_NAME
 
 pytestmark = pytest.mark.e2e
 
@@ -267,13 +268,13 @@ def auth_stats(wire: Any) -> dict[str, int]:
     return {k: int(float(v)) for k, v in fields.items() if k.endswith("calls")}
 
 
-def connections_of(wire: Any, user: str, *, unnamed: bool = True) -> set[int]:
+def connections_of(wire: Any, user: str, *, unnamed: bool = True, name: str = "") -> set[int]:
     raw = wire.call("CLIENT", "LIST")
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     ids = set()
     for line in text.splitlines():
         fields = dict(item.split("=", 1) for item in line.split(" ") if "=" in item)
-        if fields.get("user") == user and (not unnamed or fields.get("name") == ""):
+        if fields.get("user") == user and (not unnamed or fields.get("name") == name):
             ids.add(int(fields["id"]))
     return ids
 
@@ -454,23 +455,28 @@ def test_pinned_password_rotation_reauths_every_relay(
         load = Load(make, 4, ids=False)
         load.progress(30)
         before_ids = {p: connections_of(w, user) for p, w in admins.items()}
+        # The tunnel's own topology client logs in as the user too, and follows the rotation.
+        topo = {p: connections_of(w, user, name=TOPOLOGY_CLIENT_NAME) for p, w in admins.items()}
         before = {p: auth_stats(w)["calls"] for p, w in admins.items()}
         assert sum(map(len, before_ids.values())) >= 4
+        assert sum(map(len, topo.values())) >= 1
         for wire in admins.values():
             wire.call("ACL", "SETUSER", user, f">{PASSWORD_B}")
         write_atomically(secret_file, PASSWORD_B)
         wait_until(
             "every relay connection re-authenticated",
             lambda: all(
-                auth_stats(admins[p])["calls"] - before[p] >= len(before_ids[p]) for p in admins
+                auth_stats(admins[p])["calls"] - before[p] >= len(before_ids[p]) + len(topo[p])
+                for p in admins
             ),
         )
         for wire in admins.values():
             wire.call("ACL", "SETUSER", user, f"<{PASSWORD_A}")
         load.progress(30)
         for p, wire in admins.items():
-            assert auth_stats(wire)["calls"] - before[p] == len(before_ids[p]), p
+            assert auth_stats(wire)["calls"] - before[p] == len(before_ids[p]) + len(topo[p]), p
             assert connections_of(wire, user) == before_ids[p], p
+            assert connections_of(wire, user, name=TOPOLOGY_CLIENT_NAME) == topo[p], p
     finally:
         if load is not None:
             load.stop()
