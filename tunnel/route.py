@@ -36,13 +36,14 @@ and one CRC16 per key.
 from __future__ import annotations
 
 import enum
+from binascii import crc_hqx
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from client.commands import CommandSpec, CommandTable
 from client.errors import UnroutableError
-from client.slots import key_slot
+from client.slots import SLOTS, key_slot
 
 __all__ = [
     "ANY_SLOT",
@@ -131,6 +132,7 @@ class LocalKind(enum.Enum):
     CLUSTER_MYID = "cluster_myid"
     CLUSTER_KEYSLOT = "cluster_keyslot"
     CLUSTER_REPLICAS = "cluster_replicas"
+    TUNNEL = "tunnel"  # TUNNEL INFO / TUNNEL HELP: the tunnel's statistics (tunnel.stats)
 
 
 class Single(NamedTuple):
@@ -233,6 +235,22 @@ class Reject:
 
 
 Plan = Single | Split | FanOut | Scan | Local | Blocking | Txn | PubSub | Wait | Reject
+
+_SLOT_MASK = SLOTS - 1
+#: One Single per slot for each (readonly, write) pair, made on first use: the hot path hands
+#: out a shared tuple instead of building one per command.
+_SINGLES: dict[tuple[bool, bool], list[Single]] = {}
+
+
+def _singles(readonly: bool, write: bool) -> list[Single]:
+    table = _SINGLES.get((readonly, write))
+    if table is None:
+        table = _SINGLES[(readonly, write)] = [
+            Single(slot, readonly, write) for slot in range(SLOTS)
+        ]
+    return table
+
+
 Handler = Callable[[Sequence[bytes]], Plan]
 
 # --------------------------------------------------------------------------- tables
@@ -368,6 +386,25 @@ def _unroutable(exc: UnroutableError) -> Reject:
 # --------------------------------------------------------------------------- request framing
 
 
+#: Header lines (``*3``, ``$12``) seen so far -> (the number, the bytes a bulk of that size
+#: takes with its header and both CR LF). Bounded; a canonical header is checked once.
+_HEADS: dict[bytes, tuple[int, int]] = {}
+_MAX_HEADS = 1 << 16
+
+
+def _header(line: bytes) -> tuple[int, int] | None:
+    """``(n, n + len(line) + 4)`` for a canonical ``?<digits>`` line (no sign, no leading
+    zero), else None; remembered in ``_HEADS`` (the first byte is checked by the caller)."""
+    digits = line[1:]
+    if not digits.isdigit() or (digits[0] == 48 and len(digits) > 1):
+        return None
+    n = int(digits)
+    hit = (n, n + len(line) + 4)
+    if len(_HEADS) < _MAX_HEADS:
+        _HEADS[line] = hit
+    return hit
+
+
 def split_requests(data: bytes) -> tuple[list[tuple[list[bytes], int, int]], int]:
     """The plain commands at the start of ``data``, with their byte spans (the smart hot path).
 
@@ -377,40 +414,36 @@ def split_requests(data: bytes) -> tuple[list[tuple[list[bytes], int, int]], int
     number with a sign or a leading zero, an empty array. The caller then feeds
     ``data[used:]`` to :class:`client.resp.RespParser`, which handles (or rejects) the rest.
     So this accepts a strict subset of what the parser accepts, and means the same by it;
-    its gain is that one ``bytes.split`` does the line search for a whole chunk, and that a
-    frame's own bytes can be forwarded instead of encoding its arguments again.
+    its gain is that one ``bytes.split`` does the line search for a whole chunk, that header
+    lines are checked once (``_HEADS``), and that a frame's own bytes can be forwarded instead
+    of encoding its arguments again.
     """
     lines = data.split(b"\r\n")
     complete = len(lines) - 1  # the last piece is not ended by CR LF
     out: list[tuple[list[bytes], int, int]] = []
+    append = out.append
+    heads = _HEADS
     i = 0
     used = 0
     while i < complete:
         head = lines[i]
-        count_text = head[1:]
-        if head[:1] != b"*" or not count_text.isdigit() or count_text[0] == 48:
+        hit = heads.get(head) or _header(head)
+        if hit is None or head[0] != 42 or not hit[0]:  # '*', and not an empty array
             break
-        count = int(count_text)
-        if i + 2 * count >= complete:
+        j = i + 1 + 2 * hit[0]
+        if j > complete:
             break
         end = used + len(head) + 2
-        j = i + 1
-        args: list[bytes] = []
-        for _ in range(count):
-            bulk = lines[j]
-            size = bulk[1:]
-            value = lines[j + 1]
-            if (
-                bulk[:1] != b"$"
-                or not size.isdigit()
-                or (size[0] == 48 and len(size) > 1)
-                or len(value) != int(size)
-            ):
+        args = lines[i + 2 : j : 2]
+        k = i + 1
+        for value in args:
+            bulk = lines[k]
+            hit = heads.get(bulk) or _header(bulk)
+            if hit is None or bulk[0] != 36 or len(value) != hit[0]:  # '$', and its size
                 return out, used
-            args.append(value)
-            end += len(bulk) + len(value) + 4
-            j += 2
-        out.append((args, used, end))
+            end += hit[1]
+            k += 2
+        append((args, used, end))
         used = end
         i = j
     return out, used
@@ -538,6 +571,8 @@ class Router:
                 return Local(extra)
         spec = self._table.lookup(args)
         if spec is None:
+            if len(args[0]) == 6 and args[0].lower() == b"tunnel":
+                return Local(LocalKind.TUNNEL)  # not a Redis command: the tunnel's own
             try:
                 self._table.key_indexes(args)
             except UnroutableError as exc:
@@ -605,14 +640,16 @@ class Router:
         arity = spec.arity
         least = max(-arity if arity < 0 else arity, index + 1)
         exact = arity if arity >= 0 else -1
-        readonly = spec.readonly
-        write = spec.write
+        singles = _singles(spec.readonly, spec.write)
         slow = self._keyed(spec)
 
         def handler(args: Sequence[bytes]) -> Plan:
             n = len(args)
             if n == exact or (exact < 0 and n >= least):
-                return Single(key_slot(args[index]), readonly, write)
+                key = args[index]
+                if b"{" in key:
+                    return singles[key_slot(key)]
+                return singles[crc_hqx(key, 0) & _SLOT_MASK]  # key_slot without a hash tag
             return slow(args)  # the arity error, worded by the command table
 
         return handler

@@ -3,7 +3,10 @@ redis-benchmark), every emulated semantic, and slot migration / failover under l
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -11,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
@@ -20,11 +24,14 @@ import redis.cluster
 import trio
 from servers import redis_py_cluster
 
+from client.credentials import Credential, CredentialProvider
 from client.embedded import LocalCluster, RedisNode
 from client.options import ServerOptions, TlsOptions
 from client.slots import key_slot, tag_for_slot
+from tunnel.relay import Reauth
 from tunnel.server import TunnelConfig, TunnelInfo
 from tunnel.smart import SmartStats, serve_smart
+from tunnel.stats import TunnelStats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -374,6 +381,66 @@ async def test_pubsub(smart: Smart, protocol: int) -> None:
             ps.close()
 
     await in_thread(body)
+
+
+async def test_resp2_pubsub_over_resp3_links_when_the_credential_can_rotate(
+    redis_cluster: LocalCluster, nursery: trio.Nursery
+) -> None:
+    """With a rotating credential, pub/sub links speak RESP3 (so AUTH works on them); a RESP2
+    client still gets RESP2 frames, the null channel of a bare UNSUBSCRIBE included."""
+    password = redis_cluster.password
+
+    async def source() -> str:
+        return password
+
+    provider = CredentialProvider(username="default", source=source, refresh_every=3600)
+    smart = await start_smart(nursery, redis_cluster, credentials=provider)
+    wire = (
+        b"SUBSCRIBE rot:a rot:b\r\nUNSUBSCRIBE\r\nUNSUBSCRIBE\r\nPSUBSCRIBE rot:*\r\n"
+        b"PUNSUBSCRIBE rot:*\r\nPING\r\n"
+    )
+    got = await in_thread(lambda: raw_exchange(smart.port, wire, until=b"+PONG\r\n"))
+    head = (
+        b"*3\r\n$9\r\nsubscribe\r\n$5\r\nrot:a\r\n:1\r\n"
+        b"*3\r\n$9\r\nsubscribe\r\n$5\r\nrot:b\r\n:2\r\n"
+    )
+    unsubscribed = [  # the server picks the order of a bare UNSUBSCRIBE
+        b"*3\r\n$11\r\nunsubscribe\r\n$5\r\n%s\r\n:%d\r\n" % (channel, count)
+        for channel, count in ((b"rot:a", 1), (b"rot:b", 0))
+    ]
+    other_order = [
+        b"*3\r\n$11\r\nunsubscribe\r\n$5\r\n%s\r\n:%d\r\n" % (channel, count)
+        for channel, count in ((b"rot:b", 1), (b"rot:a", 0))
+    ]
+    tail = (
+        b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"  # RESP3's null channel, in RESP2
+        b"*3\r\n$10\r\npsubscribe\r\n$5\r\nrot:*\r\n:1\r\n"
+        b"*3\r\n$12\r\npunsubscribe\r\n$5\r\nrot:*\r\n:0\r\n"
+        b"+PONG\r\n"
+    )
+    assert got in (
+        head + b"".join(unsubscribed) + tail,
+        head + b"".join(other_order) + tail,
+    )
+
+    def messages() -> None:
+        with smart.client(2) as r, smart.client(2) as pub:
+            ps = r.pubsub()
+            ps.subscribe("rot:news")
+            ps.psubscribe("rot:n*")
+            assert [ps.get_message(timeout=5)["type"] for _ in range(2)] == [
+                "subscribe",
+                "psubscribe",
+            ]
+            assert pub.publish("rot:news", "hello") == 2
+            got = [ps.get_message(timeout=5) for _ in range(2)]
+            assert sorted((m["type"], m["data"]) for m in got) == [
+                ("message", b"hello"),
+                ("pmessage", b"hello"),
+            ]
+            ps.close()
+
+    await in_thread(messages)
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -810,3 +877,227 @@ async def test_every_command_answers_when_a_node_hangs(
 
     with trio.fail_after(GUARD + 30):
         await trio.to_thread.run_sync(body)
+
+
+# --------------------------------------------------------------------------- rotating credentials
+
+
+def _token(user: str) -> str:
+    """An Entra-like token: a JWT whose ``oid`` names the ACL user (no signature check)."""
+
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    claims = {"oid": user, "exp": int(time.time()) + 3600, "nonce": secrets.token_hex(8)}
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.sig"
+
+
+class _Load:
+    """Client threads that run through the tunnel until stopped, on every kind of link:
+    shared (pipelines, protocol 2 and 3), blocking (BLPOP), WATCH/MULTI/EXEC, pub/sub (a
+    RESP2 subscriber that keeps subscribing). Every exception is a failure."""
+
+    def __init__(self, port: int, tag: str) -> None:
+        self.port = port
+        self.tag = tag
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.failures: list[str] = []
+        self.rounds: dict[str, int] = {}
+        self.threads = [
+            threading.Thread(target=self._run, args=(name, work), daemon=True)
+            for name, work in (
+                ("pipeline2", partial(self._pipeline, 2)),
+                ("pipeline3", partial(self._pipeline, 3)),
+                ("blocking", self._blocking),
+                ("watch", self._watch),
+                ("pubsub", self._pubsub),
+            )
+        ]
+
+    def client(self, protocol: int = 2) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, protocol=protocol, socket_timeout=20)
+
+    def _run(self, name: str, work: Callable[[Callable[[], None]], None]) -> None:
+        def tick() -> None:
+            with self.lock:
+                self.rounds[name] = self.rounds.get(name, 0) + 1
+
+        try:
+            work(tick)
+        except Exception as exc:
+            with self.lock:
+                self.failures.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    def _pipeline(self, protocol: int, tick: Callable[[], None]) -> None:
+        key = f"{{{self.tag}}}p{protocol}"
+        with self.client(protocol) as r:
+            for n in range(100_000):
+                if self.stop.is_set():
+                    return
+                pipe = r.pipeline(transaction=False)
+                pipe.set(key, n)
+                pipe.get(key)
+                pipe.incr(f"{key}:n")
+                pipe.lpush(f"{{{self.tag}}}list", n)
+                pipe.publish(f"{self.tag}:ch", n)
+                replies = pipe.execute()
+                assert replies[:2] == [True, str(n).encode()]
+                tick()
+
+    def _blocking(self, tick: Callable[[], None]) -> None:
+        with self.client() as r:
+            for _ in range(100_000):
+                if self.stop.is_set():
+                    return
+                r.blpop([f"{{{self.tag}}}list"], timeout=0.2)
+                tick()
+
+    def _watch(self, tick: Callable[[], None]) -> None:
+        key = f"{{{self.tag}}}watched"
+        with self.client() as r:
+            for n in range(100_000):
+                if self.stop.is_set():
+                    return
+                with r.pipeline(transaction=True) as pipe:
+                    pipe.watch(key)
+                    pipe.get(key)
+                    pipe.multi()
+                    pipe.set(key, n)
+                    assert pipe.execute() == [True]
+                tick()
+
+    def _pubsub(self, tick: Callable[[], None]) -> None:
+        with self.client() as r, r.pubsub() as p:
+            p.subscribe(f"{self.tag}:ch")
+            for n in range(100_000):
+                if self.stop.is_set():
+                    return
+                p.subscribe(f"{self.tag}:extra:{n % 50}")  # a round trip on the pub/sub link
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    message = p.get_message(timeout=1.0)
+                    wanted = f"{self.tag}:extra:{n % 50}".encode()
+                    if message and message["type"] == "subscribe" and message["channel"] == wanted:
+                        break
+                else:
+                    raise AssertionError("no SUBSCRIBE confirmation")
+                tick()
+
+    def __enter__(self) -> _Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(GUARD)
+
+    def wait_rounds(self, more: int = 3) -> None:
+        """Until every thread did ``more`` rounds from now (each a round trip on its link)."""
+        with self.lock:
+            target = {name: self.rounds.get(name, 0) + more for name in self._names()}
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline:
+            with self.lock:
+                assert not self.failures, self.failures
+                if all(self.rounds.get(name, 0) >= want for name, want in target.items()):
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"the load stalled: {self.rounds} (wanted {target})")
+
+    def _names(self) -> list[str]:
+        return ["pipeline2", "pipeline3", "blocking", "watch", "pubsub"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refresh_loop", ["serve_smart", "main"])
+async def test_credential_rotation_reauths_every_live_connection(
+    redis_factory: Any, nursery: trio.Nursery, refresh_loop: str
+) -> None:
+    """A password rotation (add the new one, let the tunnel pick it up, remove the old one),
+    then a user swap whose old user is deleted (which closes every connection still logged in
+    as it): the load never fails and the tunnel never dials again. The provider's refresh loop
+    runs in serve_smart, or in main (which hands serve_smart a re-AUTH hub)."""
+    cluster: LocalCluster = await trio.to_thread.run_sync(
+        lambda: redis_factory.cluster(masters=3, replicas_per_master=0)
+    )
+    first, rotated, swapped = _token("rot1"), _token("rot1"), _token("rot2")
+
+    def acl(*args: str) -> None:
+        for node in cluster.nodes:
+            assert node.call("ACL", "SETUSER", *args) == b"OK"
+
+    await in_thread(lambda: acl("rot1", "on", f">{first}", "~*", "&*", "+@all"))
+    secret = [first]
+
+    async def source() -> str:
+        return secret[0]
+
+    provider = CredentialProvider(username=None, source=source, refresh_every=0.2)
+    stats = TunnelStats("smart")
+    seed = cluster.seed
+    config = TunnelConfig(
+        upstream=ServerOptions(
+            host=seed.host, port=seed.port, tls=TlsOptions(cacert=str(cluster.certs.ca))
+        ),
+        listen="127.0.0.1",
+        local_port=0,
+        out=io.StringIO(),
+        credentials=provider,
+        stats=stats,
+    )
+    if refresh_loop == "main":  # as tunnel.main does it
+        hub: list[Reauth] = []
+
+        async def on_new(credential: Credential) -> None:
+            hub[0].rotate(credential)
+
+        hub.append(Reauth(await nursery.start(provider.serve_refresh, on_new)))
+        config = replace(config, reauth=hub[0])
+    counters = SmartStats()
+    info: TunnelInfo = await nursery.start(
+        lambda task_status: serve_smart(config, counters=counters, task_status=task_status)
+    )
+    port = info.listeners[0].local.port
+
+    def wait_reauths(before: int) -> None:
+        deadline = time.monotonic() + GUARD
+        while counters.reauths <= before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert counters.reauths > before, "the tunnel did not pick up the new credential"
+
+    def body() -> None:
+        with _Load(port, tag_for_slot(4321)) as load:
+            load.wait_rounds()
+            # 1. the password rotates: the new one is added, the tunnel logs in again, the old
+            # one is removed
+            acl("rot1", f">{rotated}")
+            before = counters.reauths
+            secret[0] = rotated
+            wait_reauths(before)
+            load.wait_rounds()  # every link answered a command sent after its AUTH
+            acl("rot1", f"<{first}")
+            load.wait_rounds()
+            # 2. the user changes, and the old user is deleted: Redis closes every connection
+            # still logged in as rot1 (here: only the cluster client's topology connections)
+            acl("rot2", "on", f">{swapped}", "~*", "&*", "+@all")
+            before = counters.reauths
+            secret[0] = swapped
+            wait_reauths(before)
+            load.wait_rounds()
+            for node in cluster.nodes:
+                node.call("ACL", "DELUSER", "rot1")
+            load.wait_rounds(10)
+            # new connections log in with the current credential
+            with load.client() as r:
+                assert r.blpop([f"{{{load.tag}}}empty"], timeout=0.1) is None
+        assert load.failures == []
+
+    links = counters.links
+    await in_thread(body)
+    assert counters.links - links >= 0
+    totals = stats.snapshot()["totals"]
+    assert totals["upstream_reconnects"] == 0
+    assert provider.statistics().refreshes == 2

@@ -274,3 +274,99 @@ def test_split_replies_agrees_with_the_scanner(
         assert frames[n].data == data[start:end]
         start = end
     assert used == start
+
+
+# --------------------------------------------------------------------------- link replies
+# An upstream link completes its FIFO of holders from chunks of replies: one frame per plain
+# holder, a pipelined run's frames all at once when they are all in the chunk and none is an
+# error. Law: whatever the chunking, each holder gets exactly its own frames, in order.
+
+
+class _Session:
+    now = 0.0
+    waiting = False
+    closed = False
+
+
+class _Proxy:
+    batching = False
+    dirty: list[object] = []
+
+    def retry_reply(self, item: object, frame: bytes, link: object) -> None:
+        raise AssertionError(f"no retry expected for {frame!r}")
+
+    def lost(self, *args: object) -> None:
+        raise AssertionError("the link must not break")
+
+
+class _Upstream:
+    address = "node:1"
+    replica = False
+
+    def __init__(self) -> None:
+        from tunnel.stats import ConnectionCounters
+
+        self.counters = ConnectionCounters()
+
+
+_reply_values = st.one_of(
+    st.builds(SimpleString, st.binary(max_size=8).filter(_one_line)),
+    st.builds(
+        ErrorReply,
+        st.binary(min_size=1, max_size=8)
+        .filter(_one_line)
+        .filter(
+            lambda b: not b.upper().startswith((b"MOVED", b"ASK", b"TRY", b"CLUSTER", b"LOAD"))
+        ),
+    ),
+    st.integers(-(2**63), 2**63 - 1),
+    st.binary(max_size=12),  # CR LF inside, or a leading '-', included
+    st.builds(lambda b: b"-" + b, st.binary(max_size=6)),
+    st.none(),
+    st.lists(st.binary(max_size=3), max_size=3),  # an array: the scanner's part
+)
+
+
+@given(
+    st.lists(st.lists(_reply_values, min_size=1, max_size=6), min_size=1, max_size=10),
+    st.booleans(),
+    st.lists(st.integers(1, 40), max_size=10),
+)
+def test_link_replies_give_each_holder_its_frames(
+    groups: list[list[RespValue]], resp3: bool, cuts: list[int]
+) -> None:
+    import trio
+
+    from tunnel.holders import Item, Run
+    from tunnel.upstream import Link
+
+    async def run() -> None:
+        proxy, session, up = _Proxy(), _Session(), _Upstream()
+        link = Link(proxy, up, resp3)  # type: ignore[arg-type]
+        holders: list[tuple[Item, bytes]] = []
+        for group in groups:
+            frames = [encode_value(v, resp3=resp3) for v in group]
+            item = Item(session, b"x", 0, True, resp3)  # type: ignore[arg-type]
+            if len(frames) > 1:
+                item = Run(session, item, link)  # type: ignore[arg-type]
+                item.expect = len(frames)
+            link.pending.append(item)
+            holders.append((item, b"".join(frames)))
+        data = b"".join(expected for _, expected in holders)
+        scanner = FrameScanner()
+        position = 0
+        for cut in [*cuts, len(data)]:
+            chunk = data[position : position + cut]
+            position += len(chunk)
+            if chunk:
+                assert link.replies(chunk, scanner)
+        assert not link.pending
+        for item, expected in holders:
+            assert item.data == expected
+        # and the node's statistics saw every frame and every error reply
+        values = [v for group in groups for v in group]
+        assert up.counters.ops == len(values)
+        assert up.counters.errors == sum(isinstance(v, ErrorReply) for v in values)
+        assert up.counters.bytes_out == len(data)
+
+    trio.run(run)
