@@ -11,22 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import queue
 import re
 import socket
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio_websocket
+from tunnel_process import TIMEOUT, Tunnel, free_port, pinned_args, standalone_args
 
 from certs import CertPaths
 from client.embedded import LocalCluster, RedisNode
@@ -37,99 +33,10 @@ from tunnel.main import dashboard_address
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 30.0
 #: Statistics reach the dashboard within about two seconds (publish + worker report).
 SETTLE = 20.0
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Tunnel:
-    """``redis-client tunn ARGS`` as a child process; stdout lines are collected."""
-
-    def __init__(self, args: list[str], *, password: str | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("REDIS_CLIENT_PASSWORD", None)
-        if password is not None:
-            env["REDIS_CLIENT_PASSWORD"] = password
-        code = "import sys; from client.main import main; sys.exit(main())"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "tunn", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr = b""
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-        self.table: list[str] = []
-        self.dashboard = 0
-        try:
-            self.table = self._wait(lambda line: line.startswith("ready"))
-            if "--dashboard" in args:
-                line = self._wait(lambda line: line.startswith("dashboard:"))[-1]
-                found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-                assert found, line
-                self.dashboard = int(found.group(1))
-        except BaseException:
-            self.stop()
-            raise
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.put(raw.decode().rstrip("\n"))
-        self.lines.put("")
-
-    def _wait(self, match: Callable[[str], bool]) -> list[str]:
-        deadline = time.monotonic() + TIMEOUT
-        got: list[str] = []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line == "" and self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"tunnel exited: {self.stderr.decode().strip()}")
-            got.append(line)
-            if match(line):
-                return got
-        raise AssertionError(f"no matching line in {TIMEOUT} s; saw {got}")
-
-    def listener_for(self, upstream_port: int) -> int:
-        for line in self.table:
-            local, _, rest = line.partition(" -> ")
-            if rest and int(rest.split(" ")[0].rpartition(":")[2]) == upstream_port:
-                return int(local.rpartition(":")[2])
-        raise AssertionError(f"no listener for port {upstream_port} in {self.table}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError("the tunnel did not stop on SIGTERM") from None
-        if self.proc.stderr is not None and not self.proc.stderr.closed:
-            self.stderr = self.proc.stderr.read()
-            self.proc.stderr.close()
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
 
 
 # -- traffic and readings ---------------------------------------------------------------------
@@ -237,7 +144,7 @@ ERRORS = [1, 4, 6]
 
 @pytest.fixture(scope="module")
 def standalone(redis_tls: RedisNode, certs_dir: CertPaths) -> Iterator[Tunnel]:
-    args = ["-h", redis_tls.host, "-p", str(redis_tls.port), "-t", "--cacert", str(certs_dir.ca)]
+    args = standalone_args(redis_tls, certs_dir.ca)
     t = Tunnel(
         [*args, "--local-port", str(free_port()), "--dashboard", "0"],
         password=redis_tls.password,
@@ -249,7 +156,7 @@ def standalone(redis_tls: RedisNode, certs_dir: CertPaths) -> Iterator[Tunnel]:
 
 
 def test_standalone_counts_are_exact(standalone: Tunnel, redis_tls: RedisNode) -> None:
-    port = int(standalone.table[0].split(" -> ")[0].rpartition(":")[2])
+    port = standalone.port
     node = f"127.0.0.1:{redis_tls.port}"
     sent = received = 0
     commands = errors = 0
@@ -318,7 +225,7 @@ def test_standalone_counts_are_exact(standalone: Tunnel, redis_tls: RedisNode) -
 
 
 def test_tunnel_info_in_order_and_in_a_transaction(standalone: Tunnel) -> None:
-    port = int(standalone.table[0].split(" -> ")[0].rpartition(":")[2])
+    port = standalone.port
     replies = exchange(
         port,
         [
@@ -344,10 +251,10 @@ def test_tunnel_info_in_order_and_in_a_transaction(standalone: Tunnel) -> None:
 def test_without_statistics_tunnel_reaches_the_server(
     redis_tls: RedisNode, certs_dir: CertPaths
 ) -> None:
-    args = ["-h", redis_tls.host, "-p", str(redis_tls.port), "-t", "--cacert", str(certs_dir.ca)]
+    args = standalone_args(redis_tls, certs_dir.ca)
     t = Tunnel([*args, "--local-port", str(free_port())], password=redis_tls.password)
     try:
-        port = int(t.table[0].split(" -> ")[0].rpartition(":")[2])
+        port = t.port
         [reply] = exchange(port, [encode_command("TUNNEL", "INFO")])
         assert reply.startswith(b"-ERR unknown command 'TUNNEL'")
     finally:
@@ -377,10 +284,8 @@ def keys_for(cluster: LocalCluster, prefix: str) -> dict[int, list[str]]:
 
 @pytest.mark.cluster
 def test_pinned_counts_redirects_and_topology(redis_cluster: LocalCluster) -> None:
-    seed = redis_cluster.seed
-    args = ["-c", "-h", seed.host, "-p", str(seed.port), "-t", "--cacert"]
-    args += [str(redis_cluster.certs.ca), "--tunnel-mode", "pinned", "--refresh", "0"]
-    t = Tunnel([*args, "--dashboard", "0"], password=redis_cluster.password)
+    args = pinned_args(redis_cluster, "--refresh", "0", "--dashboard", "0")
+    t = Tunnel(args, password=redis_cluster.password)
     try:
         owned = keys_for(redis_cluster, "obs-pinned")
         masters = sorted(owned)
@@ -493,10 +398,10 @@ def test_smart_flags_elsewhere_are_usage_errors(
 
 
 def test_stats_without_a_dashboard(redis_tls: RedisNode, certs_dir: CertPaths) -> None:
-    args = ["-h", redis_tls.host, "-p", str(redis_tls.port), "-t", "--cacert", str(certs_dir.ca)]
+    args = standalone_args(redis_tls, certs_dir.ca)
     t = Tunnel([*args, "--local-port", str(free_port()), "--stats"], password=redis_tls.password)
     try:
-        port = int(t.table[0].split(" -> ")[0].rpartition(":")[2])
+        port = t.port
         exchange(port, [encode_command("SET", "obs:stats", "1")] * 3)
         # Another process's counts reach the one that answers within a second or two.
         deadline = time.monotonic() + SETTLE

@@ -9,129 +9,24 @@ clusters from ``redis_factory``).
 
 from __future__ import annotations
 
-import os
-import queue
 import random
 import socket
-import ssl
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
 import redis
 import redis.cluster
+from tunnel_process import TIMEOUT, Raw, Tunnel, pinned_args, redis_benchmark
 
 from client.embedded import LocalCluster, RedisNode
-from client.resp import FrameScanner, RespParser, encode_command
+from client.resp import RespParser, encode_command
 from client.slots import key_slot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
-
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 30.0
-
-
-class Tunnel:
-    """``redis-client tunn ARGS`` as a child process; stdout lines are collected."""
-
-    def __init__(self, args: list[str], *, password: str | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("REDIS_CLIENT_PASSWORD", None)
-        if password is not None:
-            env["REDIS_CLIENT_PASSWORD"] = password
-        code = "import sys; from client.main import main; sys.exit(main())"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "tunn", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr = b""
-        self.local: dict[int, int] = {}  # upstream port -> local port
-        self.roles: dict[int, str] = {}
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-        try:
-            self.table = self.wait_for(lambda line: line.startswith("ready"), before=True)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _learn(self, line: str) -> None:
-        local, _, rest = line.partition(" -> ")
-        upstream, _, role = rest.partition(" (")
-        self.local[int(upstream.rpartition(":")[2])] = int(local.rpartition(":")[2])
-        self.roles[int(upstream.rpartition(":")[2])] = role.split(")")[0]
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw_line in self.proc.stdout:
-            self.lines.put(raw_line.decode().rstrip("\n"))
-        self.lines.put("")
-
-    def wait_for(
-        self, match: Callable[[str], bool], *, before: bool = False, timeout: float = TIMEOUT
-    ) -> list[str]:
-        deadline = time.monotonic() + timeout
-        got: list[str] = []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line == "" and self.proc.wait(5) is not None:
-                self.stop()
-                raise AssertionError(f"tunnel exited: {self.stderr.decode().strip()}")
-            if " -> " in line and not line.startswith("retired"):
-                self._learn(line)
-            if match(line):
-                return got if before else [*got, line]
-            got.append(line)
-        raise AssertionError(f"no matching line in {timeout} s; saw {got}")
-
-    def port_for(self, node: RedisNode) -> int:
-        return self.local[node.port]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError("the tunnel did not stop on SIGTERM") from None
-        if self.proc.stderr is not None and not self.proc.stderr.closed:
-            self.stderr = self.proc.stderr.read()
-            self.proc.stderr.close()
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-
-def pinned_args(cluster: LocalCluster, *extra: str) -> list[str]:
-    seed = cluster.seed
-    return [
-        "-c",
-        "-h",
-        seed.host,
-        "-p",
-        str(seed.port),
-        "-t",
-        "--cacert",
-        str(cluster.certs.ca),
-        "--tunnel-mode",
-        "pinned",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -144,50 +39,6 @@ def pinned(redis_cluster: LocalCluster) -> Iterator[Tunnel]:
 
 
 # -- raw access: through a listener (plaintext) and directly to a node (TLS) ---------------------
-
-
-class Raw:
-    """One blocking connection that returns replies as exact bytes."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sock.settimeout(TIMEOUT)
-        self.scanner = FrameScanner()
-
-    @classmethod
-    def tunnel(cls, port: int) -> Raw:
-        return cls(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
-
-    @classmethod
-    def direct(cls, node: RedisNode, cluster: LocalCluster) -> Raw:
-        ctx = ssl.create_default_context(cafile=str(cluster.certs.ca))
-        sock = ctx.wrap_socket(
-            socket.create_connection((node.host, node.port), timeout=TIMEOUT),
-            server_hostname=node.host,
-        )
-        conn = cls(sock)
-        assert conn.call("AUTH", cluster.password) == b"+OK\r\n"
-        return conn
-
-    def send(self, *args: str | bytes | int) -> None:
-        self.sock.sendall(encode_command(*args))
-
-    def read(self) -> bytes:
-        while True:
-            frame = self.scanner.next_frame()
-            if frame is not None:
-                return frame.data
-            data = self.sock.recv(65536)
-            if not data:
-                raise AssertionError("connection closed")
-            self.scanner.feed(data)
-
-    def call(self, *args: str | bytes | int) -> bytes:
-        self.send(*args)
-        return self.read()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def parse(frame: bytes) -> Any:
@@ -312,23 +163,8 @@ def test_redis_cli_follows_rewritten_redirects(pinned: Tunnel, redis_cluster: Lo
 
 def test_redis_benchmark_cluster_mode(pinned: Tunnel) -> None:
     port = next(iter(pinned.local.values()))
-    done = subprocess.run(
-        [
-            "redis-benchmark",
-            "--cluster",
-            "-p",
-            str(port),
-            "-c",
-            "10",
-            "-n",
-            "3000",
-            "-t",
-            "set,get",
-            "--csv",
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
+    done = redis_benchmark(
+        "--cluster", "-p", str(port), "-c", "10", "-n", "3000", "-t", "set,get", "--csv"
     )
     rows = [line.split(",")[0] for line in done.stdout.decode().splitlines()]
     assert [r for r in rows if r in ('"SET"', '"GET"')] == ['"SET"', '"GET"']
@@ -607,6 +443,13 @@ def test_failover_loses_no_acknowledged_write(redis_factory: Any) -> None:
         assert t.stop() == 0
 
 
+def migrate(source: RedisNode, target: RedisNode, cluster: LocalCluster, keys: list[Any]) -> None:
+    """MIGRATE ``keys`` from ``source`` to ``target`` (both in ``cluster``)."""
+    source.call(
+        "MIGRATE", target.host, target.port, "", 0, 5000, "AUTH", cluster.password, "KEYS", *keys
+    )
+
+
 def master_for_slot_alive(cluster: LocalCluster, key: str) -> bool:
     slot = key_slot(key.encode())
     for node in cluster.nodes:
@@ -637,18 +480,7 @@ def test_slot_migration_with_ask_loses_no_write(redis_factory: Any) -> None:
         target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         moved = keys[:20]
-        source.call(
-            "MIGRATE",
-            target.host,
-            target.port,
-            "",
-            0,
-            5000,
-            "AUTH",
-            cluster.password,
-            "KEYS",
-            *moved,
-        )
+        migrate(source, target, cluster, moved)
         # a migrated key on the source is an ASK to the target's listener
         through = Raw.tunnel(t.port_for(source))
         try:
@@ -677,18 +509,7 @@ def test_slot_migration_with_ask_loses_no_write(redis_factory: Any) -> None:
             assert isinstance(rest, list)
             if not rest:
                 break
-            source.call(
-                "MIGRATE",
-                target.host,
-                target.port,
-                "",
-                0,
-                5000,
-                "AUTH",
-                cluster.password,
-                "KEYS",
-                *rest,
-            )
+            migrate(source, target, cluster, rest)
         for node in cluster.masters():
             node.call("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         writer.wait_for(len(writer.acked) + 100)

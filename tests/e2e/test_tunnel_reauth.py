@@ -23,12 +23,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import re
-import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,148 +36,32 @@ import redis
 import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from tunnel_process import (
+    TIMEOUT,
+    Raw,
+    Tunnel,
+    free_port,
+    pinned_args,
+    run_tunnel,
+    secrets_absent,
+    standalone_args,
+    wait_until,
+)
 
 from client.embedded import LocalCluster, RedisNode
-from client.resp import FrameScanner, encode_command
 from tunnel.server import TOPOLOGY_CLIENT_NAME
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 30.0
 ADMIN = "admin-secret-7f3a"
 PASSWORD_A = "rotate-A-5c1e9d0b"
 PASSWORD_B = "rotate-B-82f4aa17"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Tunnel:
-    """``redis-client tunn ARGS`` as a child process; stdout and stderr lines are collected."""
-
-    def __init__(self, args: list[str], *, env: dict[str, str] | None = None) -> None:
-        full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        full.pop("REDIS_CLIENT_PASSWORD", None)
-        code = "import sys; from client.main import main; sys.exit(main())"
-        self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "tunn", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full,
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        self.table: list[str] = []
-        try:
-            self.table = self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _pump(self, stream: Any, into: list[str]) -> None:
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            into.append(line)
-            if into is self.out:
-                self.lines.put(line)
-        if into is self.out:
-            self.lines.put("")
-
-    def _wait_ready(self) -> list[str]:
-        deadline = time.monotonic() + TIMEOUT
-        got: list[str] = []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line == "" and self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"tunnel exited: {self.err}")
-            if line.startswith("ready"):
-                return got
-            got.append(line)
-        raise AssertionError(f"not ready in {TIMEOUT} s; saw {got}")
-
-    @property
-    def port(self) -> int:
-        return int(self.table[0].split(" -> ")[0].rpartition(":")[2])
-
-    def listener_for(self, upstream_port: int) -> int:
-        for line in self.table:
-            local, _, rest = line.partition(" -> ")
-            if rest and int(rest.split(" ")[0].rpartition(":")[2]) == upstream_port:
-                return int(local.rpartition(":")[2])
-        raise AssertionError(f"no listener for {upstream_port}")
-
-    def family(self) -> list[int]:
-        pids = [self.proc.pid]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat_line = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat_line.rpartition(")")[2].split()[1]) == self.proc.pid:
-                    pids.append(int(entry.name))
-        return pids
-
-    def command_lines(self) -> str:
-        """What ``ps`` shows for the tunnel and its worker processes."""
-        text = []
-        for pid in self.family():
-            try:
-                text.append((Path(f"/proc/{pid}/cmdline").read_bytes()).decode(errors="replace"))
-            except OSError:
-                continue
-        return "\n".join(text)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError("the tunnel did not stop on SIGTERM") from None
-        for thread in self._threads:
-            thread.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        return self.proc.returncode
-
-    def output(self) -> str:
-        return "\n".join([*self.out, *self.err])
 
 
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 def no_retry() -> dict[str, Any]:
@@ -279,12 +159,6 @@ def connections_of(wire: Any, user: str, *, unnamed: bool = True, name: str = ""
     return ids
 
 
-def secrets_absent(tunnel: Tunnel, *secrets: str) -> None:
-    shown = tunnel.output() + "\n" + tunnel.command_lines()
-    for secret in secrets:
-        assert secret not in shown, f"a secret appears in the tunnel's output or ps: {secret!r}"
-
-
 # -- standalone: password rotation ----------------------------------------------------------
 
 
@@ -301,7 +175,7 @@ def test_password_rotation_reauths_every_connection_in_place(
     node = rotating_server
     secret_file = tmp_path / "password"
     secret_file.write_text(PASSWORD_A + "\n")
-    args = ["-h", node.host, "-p", str(node.port), "-t", "--cacert", str(node.certs.ca)]  # type: ignore[union-attr]
+    args = standalone_args(node, node.certs.ca)  # type: ignore[union-attr]
     args += ["-u", "rot", "--password-command", f"cat {secret_file}"]
     args += ["--credential-refresh", "0.5", "--local-port", str(free_port())]
     tunnel = Tunnel(args)  # default worker processes: rotations must reach them too
@@ -371,22 +245,36 @@ def install_fake_az(directory: Path) -> Path:
     return bindir
 
 
+def entra_users(node: RedisNode, directory: Path) -> tuple[str, str, Path, dict[str, str]]:
+    """Users A and B (their tokens as passwords) on ``node``; a fake ``az`` handing out A.
+
+    Returns both tokens, the file the fake ``az`` reads (write B there to switch) and the
+    environment for the tunnel.
+    """
+    token_a, token_b = fake_token("oid-user-a", 1), fake_token("oid-user-b", 2)
+    node.call("ACL", "SETUSER", "oid-user-a", "on", f">{token_a}", "~*", "&*", "+@all")
+    node.call("ACL", "SETUSER", "oid-user-b", "on", f">{token_b}", "~*", "&*", "+@all")
+    token_file = directory / "token"
+    token_file.write_text(token_a)
+    env = {
+        "PATH": f"{install_fake_az(directory)}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FAKE_AZ_TOKEN_FILE": str(token_file),
+    }
+    return token_a, token_b, token_file, env
+
+
+def entra_args(node: RedisNode) -> list[str]:
+    """A standalone tunnel in front of ``node`` that logs in with --entra, refreshing often."""
+    args = standalone_args(node, node.certs.ca)  # type: ignore[union-attr]
+    return [*args, "--entra", "--credential-refresh", "0.5", "--local-port", str(free_port())]
+
+
 def test_entra_user_switch_moves_every_connection_to_the_new_user(
     rotating_server: RedisNode, tmp_path: Path
 ) -> None:
     node = rotating_server
-    token_a, token_b = fake_token("oid-user-a", 1), fake_token("oid-user-b", 2)
-    node.call("ACL", "SETUSER", "oid-user-a", "on", f">{token_a}", "~*", "&*", "+@all")
-    node.call("ACL", "SETUSER", "oid-user-b", "on", f">{token_b}", "~*", "&*", "+@all")
-    token_file = tmp_path / "token"
-    token_file.write_text(token_a)
-    bindir = install_fake_az(tmp_path)
-    env = {
-        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FAKE_AZ_TOKEN_FILE": str(token_file),
-    }
-    args = ["-h", node.host, "-p", str(node.port), "-t", "--cacert", str(node.certs.ca)]  # type: ignore[union-attr]
-    args += ["--entra", "--credential-refresh", "0.5", "--local-port", str(free_port())]
+    token_a, token_b, token_file, env = entra_users(node, tmp_path)
+    args = entra_args(node)
     args += ["--dashboard", "0"]  # re-AUTH and statistics together
     tunnel = Tunnel(args, env=env)
     load: Load | None = None
@@ -436,8 +324,7 @@ def test_pinned_password_rotation_reauths_every_relay(
     secret_file = tmp_path / "password"
     secret_file.write_text(PASSWORD_A)
     seed = redis_cluster.seed
-    args = ["-c", "-h", seed.host, "-p", str(seed.port), "-t", "--cacert"]
-    args += [str(redis_cluster.certs.ca), "--tunnel-mode", "pinned", "--refresh", "0"]
+    args = pinned_args(redis_cluster, "--refresh", "0")
     args += ["-u", user, "--password-command", f"cat {secret_file}", "--credential-refresh", "0.5"]
     tunnel = Tunnel(args)
     admins = {n.port: n.connect() for n in nodes}
@@ -498,7 +385,7 @@ def test_a_failing_password_command_keeps_connections_and_says_so(
     node = rotating_server
     secret_file = tmp_path / "password"
     secret_file.write_text(PASSWORD_A)
-    args = ["-h", node.host, "-p", str(node.port), "-t", "--cacert", str(node.certs.ca)]  # type: ignore[union-attr]
+    args = standalone_args(node, node.certs.ca)  # type: ignore[union-attr]
     args += ["-u", "rot", "--password-command", f"cat {secret_file}"]
     args += ["--credential-refresh", "0.5", "--local-port", str(free_port()), "--workers", "1"]
     tunnel = Tunnel(args)
@@ -534,20 +421,10 @@ def test_a_broken_password_command_at_start_is_one_clear_line(
     rotating_server: RedisNode, tmp_path: Path
 ) -> None:
     node = rotating_server
-    args = ["-h", node.host, "-p", str(node.port), "-t", "--cacert", str(node.certs.ca)]  # type: ignore[union-attr]
+    args = standalone_args(node, node.certs.ca)  # type: ignore[union-attr]
     args += ["-u", "rot", "--password-command", f"cat {tmp_path / 'missing'}"]
     args += ["--local-port", str(free_port())]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("REDIS_CLIENT_PASSWORD", None)
-    code = "import sys; from client.main import main; sys.exit(main())"
-    done = subprocess.run(
-        [sys.executable, "-c", code, "tunn", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=TIMEOUT,
-    )
+    done = run_tunnel(args, text=True)
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
@@ -558,52 +435,15 @@ def test_a_broken_password_command_at_start_is_one_clear_line(
 # -- where the re-AUTH waits: transactions and RESP2 subscriptions ------------------------------
 
 
-class Raw:
-    """One connection through the tunnel that reads replies as exact frames."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.scanner = FrameScanner()
-
-    def send(self, *args: str) -> None:
-        self.sock.sendall(encode_command(*args))
-
-    def read(self) -> bytes:
-        while True:
-            frame = self.scanner.next_frame()
-            if frame is not None:
-                return frame.data
-            data = self.sock.recv(65536)
-            if not data:
-                raise AssertionError("the tunnel closed the connection")
-            self.scanner.feed(data)
-
-    def call(self, *args: str) -> bytes:
-        self.send(*args)
-        return self.read()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_reauth_waits_for_transactions_and_resp2_subscriptions(
     rotating_server: RedisNode, tmp_path: Path
 ) -> None:
     node = rotating_server
-    token_a, token_b = fake_token("oid-user-a", 1), fake_token("oid-user-b", 2)
-    node.call("ACL", "SETUSER", "oid-user-a", "on", f">{token_a}", "~*", "&*", "+@all")
-    node.call("ACL", "SETUSER", "oid-user-b", "on", f">{token_b}", "~*", "&*", "+@all")
-    token_file = tmp_path / "token"
-    token_file.write_text(token_a)
-    env = {
-        "PATH": f"{install_fake_az(tmp_path)}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FAKE_AZ_TOKEN_FILE": str(token_file),
-    }
-    args = ["-h", node.host, "-p", str(node.port), "-t", "--cacert", str(node.certs.ca)]  # type: ignore[union-attr]
-    args += ["--entra", "--credential-refresh", "0.5", "--local-port", str(free_port())]
+    token_a, token_b, token_file, env = entra_users(node, tmp_path)
+    args = entra_args(node)
     tunnel = Tunnel([*args, "--workers", "1"], env=env)
     who_a, who_b = b"$10\r\noid-user-a\r\n", b"$10\r\noid-user-b\r\n"
-    idle, multi, sub2, sub3 = (Raw(tunnel.port) for _ in range(4))
+    idle, multi, sub2, sub3 = (Raw.tunnel(tunnel.port) for _ in range(4))
     try:
         assert idle.call("ACL", "WHOAMI") == who_a
         assert multi.call("MULTI") == b"+OK\r\n"

@@ -8,143 +8,33 @@ RESP3), redis-cli, redis-benchmark and raw sockets for the bad-input cases.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from tunnel_process import TIMEOUT, Tunnel, free_port, redis_benchmark, run_tunnel, standalone_args
 
 from certs import CertPaths
 from client.embedded import RedisNode
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 30.0
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Tunnel:
-    """``redis-client tunn ARGS`` as a child process; stdout lines are collected."""
-
-    def __init__(self, args: list[str], *, password: str | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("REDIS_CLIENT_PASSWORD", None)
-        if password is not None:
-            env["REDIS_CLIENT_PASSWORD"] = password
-        code = "import sys; from client.main import main; sys.exit(main())"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "tunn", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=ROOT,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self.stderr = b""
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-        try:
-            self.table = self.wait_for(lambda line: line.startswith("ready"), before=True)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.put(raw.decode().rstrip("\n"))
-        self.lines.put("")  # EOF marker
-
-    def wait_for(self, match: Callable[[str], bool], *, before: bool = False) -> list[str]:
-        """Lines up to the first matching one (which is included unless ``before``)."""
-        deadline = time.monotonic() + TIMEOUT
-        got: list[str] = []
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line == "" and self.proc.wait(5) is not None:
-                self.stop()
-                raise AssertionError(
-                    f"tunnel exited {self.proc.returncode}: {self.stderr.decode().strip()}"
-                )
-            self.seen.append(line)
-            if match(line):
-                return got if before else [*got, line]
-            got.append(line)
-        raise AssertionError(f"no matching line in {TIMEOUT} s; saw {got}")
-
-    @property
-    def port(self) -> int:
-        return int(self.table[0].split(" -> ")[0].rpartition(":")[2])
-
-    def family(self) -> list[int]:
-        """The tunnel process and its worker processes."""
-        pids = [self.proc.pid]
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rpartition(")")[2].split()[1]) == self.proc.pid:
-                    pids.append(int(entry.name))
-        return pids
-
-    def rss_mb(self) -> float:
-        """Resident memory of the tunnel and its workers together."""
-        total = 0.0
-        for pid in self.family():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
-        return total
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError("the tunnel did not stop on a signal") from None
-        if self.proc.stderr is not None and not self.proc.stderr.closed:
-            self.stderr = self.proc.stderr.read()
-            self.proc.stderr.close()
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-
-def upstream_args(node: RedisNode, certs: CertPaths) -> list[str]:
-    return ["-h", node.host, "-p", str(node.port), "-t", "--cacert", str(certs.ca)]
+def local_args(node: RedisNode, certs: CertPaths, *extra: str) -> list[str]:
+    """Upstream flags for ``node``, a free local port, then ``extra``."""
+    return [*standalone_args(node, certs.ca), "--local-port", str(free_port()), *extra]
 
 
 @pytest.fixture(scope="module")
 def tunnel(redis_tls: RedisNode, certs_dir: CertPaths) -> Iterator[Tunnel]:
-    t = Tunnel(
-        [*upstream_args(redis_tls, certs_dir), "--local-port", str(free_port())],
-        password=redis_tls.password,
-    )
+    t = Tunnel(local_args(redis_tls, certs_dir), password=redis_tls.password)
     try:
         yield t
     finally:
@@ -193,10 +83,7 @@ def test_prints_the_listener_line_then_ready(tunnel: Tunnel, redis_tls: RedisNod
 def test_signals_stop_cleanly_with_exit_0(
     redis_tls: RedisNode, certs_dir: CertPaths, sig: signal.Signals
 ) -> None:
-    t = Tunnel(
-        [*upstream_args(redis_tls, certs_dir), "--local-port", str(free_port())],
-        password=redis_tls.password,
-    )
+    t = Tunnel(local_args(redis_tls, certs_dir), password=redis_tls.password)
     sock = raw(t.port)
     sock.sendall(b"*1\r\n$4\r\nPING\r\n")
     assert read_reply(sock) == b"+PONG\r\n"
@@ -207,6 +94,16 @@ def test_signals_stop_cleanly_with_exit_0(
     sock.close()
     with pytest.raises(OSError):
         raw(t.port).recv(1)  # nothing listens any more
+
+
+def ping_many(port: int, count: int, socks: list[socket.socket]) -> None:
+    """Open ``count`` connections (added to ``socks``), PING on each, then check every PONG."""
+    for _ in range(count):
+        sock = raw(port)
+        sock.sendall(b"PING\r\n")
+        socks.append(sock)
+    for sock in socks:
+        assert read_reply(sock) == b"+PONG\r\n"
 
 
 def sockets_of(pid: int) -> int:
@@ -224,22 +121,14 @@ def sockets_of(pid: int) -> int:
 def test_worker_processes_share_the_port_and_stop_together(
     redis_tls: RedisNode, certs_dir: CertPaths
 ) -> None:
-    t = Tunnel(
-        [*upstream_args(redis_tls, certs_dir), "--local-port", str(free_port()), "--workers", "3"],
-        password=redis_tls.password,
-    )
+    t = Tunnel(local_args(redis_tls, certs_dir, "--workers", "3"), password=redis_tls.password)
     socks = []
     try:
         assert "3 worker processes" in t.seen[-1]
         workers = t.family()
         assert len(workers) == 3
         baseline = {pid: sockets_of(pid) for pid in workers}
-        for _ in range(60):
-            sock = raw(t.port)
-            sock.sendall(b"PING\r\n")
-            socks.append(sock)
-        for sock in socks:
-            assert read_reply(sock) == b"+PONG\r\n"
+        ping_many(t.port, 60, socks)
         # the kernel spread the connections: every process relays some of them
         for pid in workers:
             assert sockets_of(pid) > baseline[pid]
@@ -253,15 +142,7 @@ def test_worker_processes_share_the_port_and_stop_together(
 
 
 def test_missing_host_is_a_usage_error() -> None:
-    code = "import sys; from client.main import main; sys.exit(main())"
-    done = subprocess.run(
-        [sys.executable, "-c", code, "tunn", "-t"],
-        capture_output=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=TIMEOUT,
-        check=False,
-    )
+    done = run_tunnel(["-t"])
     assert done.returncode == 2
     assert b"-h HOST" in done.stderr
     assert b"Traceback" not in done.stderr
@@ -273,7 +154,7 @@ def test_port_in_use_is_a_one_line_error(redis_tls: RedisNode, certs_dir: CertPa
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(AssertionError, match="port is in use"):
-            Tunnel([*upstream_args(redis_tls, certs_dir), "--local-port", str(port)])
+            Tunnel([*standalone_args(redis_tls, certs_dir.ca), "--local-port", str(port)])
 
 
 # -- real clients -------------------------------------------------------------------------------
@@ -373,24 +254,8 @@ def test_redis_cli(tunnel: Tunnel) -> None:
 
 @pytest.mark.parametrize("pipeline", ["1", "16"])
 def test_redis_benchmark(tunnel: Tunnel, pipeline: str) -> None:
-    done = subprocess.run(
-        [
-            "redis-benchmark",
-            "-p",
-            str(tunnel.port),
-            "-c",
-            "20",
-            "-n",
-            "4000",
-            "-P",
-            pipeline,
-            "-t",
-            "set,get",
-            "--csv",
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
+    done = redis_benchmark(
+        "-p", str(tunnel.port), "-c", "20", "-n", "4000", "-P", pipeline, "-t", "set,get", "--csv"
     )
     lines = done.stdout.decode().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ['"SET"', '"GET"']
@@ -403,13 +268,7 @@ def test_redis_benchmark(tunnel: Tunnel, pipeline: str) -> None:
 @pytest.fixture(scope="module")
 def guarded(redis_tls: RedisNode, certs_dir: CertPaths) -> Iterator[Tunnel]:
     t = Tunnel(
-        [
-            *upstream_args(redis_tls, certs_dir),
-            "--local-port",
-            str(free_port()),
-            "--local-password",
-            "local-secret",
-        ],
+        local_args(redis_tls, certs_dir, "--local-password", "local-secret"),
         password=redis_tls.password,
     )
     try:
@@ -457,24 +316,8 @@ def test_local_password_with_redis_cli_and_benchmark(guarded: Tunnel) -> None:
         check=True,
     )
     assert done.stdout.strip() == b"PONG"
-    done = subprocess.run(
-        [
-            "redis-benchmark",
-            "-p",
-            str(guarded.port),
-            "-a",
-            "local-secret",
-            "-c",
-            "5",
-            "-n",
-            "500",
-            "-t",
-            "set",
-            "--csv",
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
+    done = redis_benchmark(
+        "-p", str(guarded.port), "-a", "local-secret", "-c", "5", "-n", "500", "-t", "set", "--csv"
     )
     assert b'"SET"' in done.stdout
 
@@ -537,7 +380,7 @@ def test_upstream_unreachable_gets_err_and_the_tunnel_keeps_serving(
     redis_factory: Any, certs_dir: CertPaths
 ) -> None:
     node = redis_factory.standalone(tls=True, password="pw")
-    t = Tunnel([*upstream_args(node, certs_dir), "--local-port", str(free_port())], password="pw")
+    t = Tunnel(local_args(node, certs_dir), password="pw")
     try:
         node.stop()
         for _ in range(2):
@@ -559,7 +402,7 @@ def test_upstream_dying_mid_pipeline_closes_the_client(
     redis_factory: Any, certs_dir: CertPaths
 ) -> None:
     node = redis_factory.standalone(tls=True, password="pw")
-    t = Tunnel([*upstream_args(node, certs_dir), "--local-port", str(free_port())], password="pw")
+    t = Tunnel(local_args(node, certs_dir), password="pw")
     try:
         sock = raw(t.port)
         sock.settimeout(15)
@@ -602,12 +445,7 @@ def test_many_idle_clients_stay_cheap(tunnel: Tunnel) -> None:
     before = tunnel.rss_mb()
     socks = []
     try:
-        for _ in range(300):
-            sock = raw(tunnel.port)
-            sock.sendall(b"PING\r\n")
-            socks.append(sock)
-        for sock in socks:
-            assert read_reply(sock) == b"+PONG\r\n"
+        ping_many(tunnel.port, 300, socks)
         # each holds its own upstream TLS connection; 1,000 are measured in bench/
         assert tunnel.rss_mb() - before < 60
     finally:
