@@ -3,22 +3,27 @@
 Flags are the earlier tool's (see :mod:`fill.plan` for the arithmetic)::
 
     redis-client fill -h HOST [-p PORT] [-t] [-c] [-u USER] [-a PASS] [TLS flags]
+                      [--password-command CMD | --entra] [--credential-refresh S]
                       -d GB [-f] [-n CONNS] [-s] [--key-size B] [--value-size B]
                       [--pipeline N] [-P PROCS] [--seed S] [--json]
 
-``-f`` without ``-d`` only flushes. ``--process-index`` is internal: it marks a ``-P`` worker,
-which reads its plan as JSON on stdin (see :mod:`fill.runner`).
+``-f`` without ``-d`` only flushes. ``--password-command`` / ``--entra`` take the password or
+token from a command, fetched again before it expires; live connections log in again in place
+(see :mod:`fill.auth`). ``--process-index`` is internal: it marks a ``-P`` worker, which reads
+its plan (logins included) as JSON lines on stdin (see :mod:`fill.runner`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 from functools import partial
 
 import trio
 
+from client.credentials import add_credential_arguments, provider_from_args
 from client.errors import ConfigError
 from client.main import Mode
 from client.options import add_server_arguments, server_options
@@ -31,8 +36,9 @@ from fill.plan import (
     VALUE_SIZE_MAX,
     settings_from_flags,
 )
-from fill.runner import FillRequest, child_main, fill_main
 
+# fill.runner (and the I/O stack under it) is imported by run(): every mode module is loaded
+# to build the mode list, so importing it here would slow down the start of the other modes.
 __all__ = ["MODE", "configure", "run"]
 
 
@@ -46,6 +52,7 @@ def _integer(text: str) -> int:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the shared server flags and the fill flags to ``parser``."""
     add_server_arguments(parser, host_required=True)
+    add_credential_arguments(parser)
     group = parser.add_argument_group("fill")
     group.add_argument(
         "-d",
@@ -104,11 +111,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(ns: argparse.Namespace) -> int:
     """Validate the flags and run the fill (or, with --process-index, one worker process)."""
+    from fill.runner import FillRequest, fill_main
+
     if ns.process_index is not None:
         if ns.process_index < 0:
             raise ConfigError(f"invalid --process-index {ns.process_index}")
-        spec = sys.stdin.buffer.read()
-        return trio.run(partial(child_main, ns.process_index, spec, out=sys.stdout))
+        return trio.run(_child, ns.process_index)
     settings = settings_from_flags(
         data=ns.data,
         flush=ns.flush,
@@ -121,8 +129,20 @@ def run(ns: argparse.Namespace) -> int:
         seed=ns.seed if ns.seed is not None else secrets.randbits(63),
     )
     server = server_options(ns)
-    request = FillRequest(settings=settings, server=server, json_output=ns.json)
+    provider = provider_from_args(ns, server)
+    request = FillRequest(
+        settings=settings, server=server, json_output=ns.json, credentials=provider
+    )
     return trio.run(partial(fill_main, request, out=sys.stdout, err=sys.stderr))
+
+
+async def _child(index: int) -> int:
+    """A ``-P`` worker: its plan and login updates arrive on stdin, read without blocking."""
+    from fill.runner import child_main
+
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stdin:
+        return await child_main(index, stdin, out=sys.stdout)
 
 
 MODE = Mode(

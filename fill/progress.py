@@ -68,7 +68,9 @@ class FillProgress:
         self._keys = [0] * count
         self._bytes = [0] * count
         self._wire = [0] * count
+        self._reauths = 0
         self._children: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        self._child_reauths: dict[int, int] = {}
         self._rates = [0.0] * count
         self._last: tuple[float, list[int]] | None = None
 
@@ -80,6 +82,10 @@ class FillProgress:
         self._bytes[target] += payload
         self._wire[target] += wire
 
+    def count_reauth(self) -> None:
+        """Count a live fill connection logged in again with a new credential."""
+        self._reauths += 1
+
     def absorb(self, child: int, report: Mapping[str, Any]) -> None:
         """Take a child process's cumulative counters (``counters()`` of its progress)."""
         self._children[child] = (
@@ -87,10 +93,20 @@ class FillProgress:
             [int(x) for x in report["bytes"]],
             [int(x) for x in report["wire"]],
         )
+        self._child_reauths[child] = int(report.get("reauths", 0))
 
-    def counters(self) -> dict[str, list[int]]:
+    def counters(self) -> dict[str, Any]:
         """Cumulative counters, as a child process reports them to its parent."""
-        return {"keys": self.keys(), "bytes": self.payload(), "wire": self.wire()}
+        return {
+            "keys": self.keys(),
+            "bytes": self.payload(),
+            "wire": self.wire(),
+            "reauths": self.reauths(),
+        }
+
+    def reauths(self) -> int:
+        """Fill connections logged in again, in this process and its children."""
+        return self._reauths + sum(self._child_reauths.values())
 
     # -- totals
 
@@ -223,6 +239,8 @@ class FillSummary:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     late_warnings: list[str] = field(default_factory=list)
+    reauths: int = 0
+    """Live connections logged in again with a new credential during the fill."""
 
     @property
     def ok(self) -> bool:
@@ -253,6 +271,10 @@ class FillSummary:
             lines.append(f"  DBSIZE {address}: {size:,}{extra}")
         if len(self.dbsize) > 1:
             lines.append(f"  DBSIZE total: {self.dbsize_total:,}")
+        if self.reauths:
+            lines.append(
+                f"Credential rotated: {self.reauths:,} live connections logged in again in place"
+            )
         if self.verified is True:
             lines.append(f"Verified: {self.dbsize_total:,} keys, as expected")
         lines.append(f"(seed {self.seed}: pass --seed {self.seed} to write the same data again)")
@@ -281,6 +303,7 @@ class FillSummary:
                 "flushed": self.flushed,
                 "verified": self.verified,
                 "seed": self.seed,
+                "reauths": self.reauths,
                 "warnings": self.warnings + self.late_warnings,
                 "errors": self.problems,
             },

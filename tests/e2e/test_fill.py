@@ -4,6 +4,10 @@ Exact key counts (0.25 GB at the default sizes, several key/value sizes, -P), ke
 lengths, --seed, --json, flush-only, TLS with a password, refused writes (OOM, NOPERM) and a
 wrong password reported with the node and a non-zero exit, and cluster fills: keys on every
 master, exact totals, every key on a slot its node owns, spread evenly over the slots.
+Credentials: a password command whose password rotates in the middle of a fill (with and
+without -P workers), a refused new credential and a failing command, secrets in no output and
+in no worker's argv or environment, and the Redis behaviour re-AUTH relies on (an AUTH written
+under CLIENT REPLY OFF applies; a wrong one is counted in INFO errorstats).
 
 Data is kept small (a few MB) except the 0.25 GB case the issue asks for.
 """
@@ -13,10 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import shlex
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +31,12 @@ import pytest
 from servers import RedisFactory, redis_py
 
 from certs import CertPaths
+from client.credentials import Credential
 from client.embedded import LocalCluster, RedisNode
 from client.options import PASSWORD_ENV
 from client.slots import key_slot, slot_tags
+from fill.auth import auth_command
+from fill.payload import BARRIER, REPLY_OFF
 
 pytestmark = pytest.mark.e2e
 
@@ -299,6 +309,9 @@ def test_connection_lost_is_reported(redis_factory: RedisFactory) -> None:
         (["-d", "-2"], "-d/--data"),
         ([], "nothing to do"),
         (["-d", "1", "--key-size", "x"], "--key-size"),
+        (["-d", "1", "--credential-refresh", "5"], "--credential-refresh needs"),
+        (["-d", "1", "-a", "pw", "--password-command", "echo pw"], "pick one"),
+        (["-d", "1", "--credential-refresh", "0"], "--credential-refresh"),
     ],
 )
 def test_invalid_flags_exit_2(redis_plain: RedisNode, args: list[str], fragment: str) -> None:
@@ -415,3 +428,270 @@ def test_cluster_key_too_short_for_a_hash_tag(redis_cluster: LocalCluster) -> No
     assert "Traceback" not in done.stderr
     with redis_py(master) as r:  # the bad plan was refused before the flush
         assert r.get("{" + tag + "}:kept") == b"x"
+
+
+# --------------------------------------------------------------------------- credentials
+
+FILL_NAME = "redis-client-fill"
+
+
+def start_fill(*args: str | int, cwd: Path) -> subprocess.Popen[str]:
+    environ = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+    environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), environ.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-c", ENTRY, "fill", *(str(a) for a in args)]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=cwd
+    )
+
+
+def wait_for(what: str, condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def fill_connections(node: RedisNode) -> int:
+    with redis_py(node) as r:
+        return sum(1 for c in r.client_list() if c.get("name") == FILL_NAME)
+
+
+def auth_stats(node: RedisNode) -> tuple[int, int]:
+    """(calls, failed_calls) of AUTH on the server (INFO commandstats)."""
+    with redis_py(node) as r:
+        entry = r.info("commandstats").get("cmdstat_auth", {})
+    return int(entry.get("calls", 0)), int(entry.get("failed_calls", 0))
+
+
+def error_counts(node: RedisNode) -> dict[str, int]:
+    with redis_py(node) as r:
+        stats = r.info("errorstats")
+    return {k.removeprefix("errorstat_"): int(v["count"]) for k, v in stats.items()}
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def visible_to_ps(pids: Sequence[int]) -> str:
+    """The argv and environment of these processes, as ps -e / ps e would show them."""
+    text = []
+    for pid in pids:
+        for part in ("cmdline", "environ"):
+            try:
+                text.append((Path("/proc") / str(pid) / part).read_bytes().decode(errors="replace"))
+            except OSError:
+                continue
+    return "\n".join(text)
+
+
+class PasswordFile:
+    """A file read by ``--password-command``; the command logs ``start``, then ``ok``/``fail``."""
+
+    def __init__(self, directory: Path, password: str) -> None:
+        self.path = directory / "password.txt"
+        self.calls = directory / "calls.log"
+        self.calls.write_text("")
+        self.write(password)
+        path, calls = shlex.quote(str(self.path)), shlex.quote(str(self.calls))
+        self.command = (
+            f"echo start >> {calls}; "
+            f"if cat {path}; then echo ok >> {calls}; else echo fail >> {calls}; exit 1; fi"
+        )
+
+    def write(self, password: str) -> None:
+        spare = self.path.with_suffix(".tmp")
+        spare.write_text(password + "\n")
+        spare.replace(self.path)  # atomic: the command never reads half a password
+
+    def remove(self) -> None:
+        self.path.unlink()
+
+    def count(self, word: str) -> int:
+        return self.calls.read_text().splitlines().count(word)
+
+    def wait_for_a_read(self) -> None:
+        """Until a run that started after this call has finished (so it saw the file as it is
+        now), whatever its outcome; runs are serial."""
+        started = self.count("start")
+        wait_for("the password command to start", lambda: self.count("start") > started)
+        wait_for(
+            "the password command to finish",
+            lambda: self.count("ok") + self.count("fail") >= self.count("start"),
+        )
+
+
+@pytest.fixture
+def rotating(redis_factory: RedisFactory) -> tuple[RedisNode, str, str, str]:
+    """A server with a fresh ACL user (password A); yields (node, user, A, B)."""
+    node = redis_factory.standalone()
+    user = "filler"
+    pw_a, pw_b = f"A-{secrets.token_hex(12)}", f"B-{secrets.token_hex(12)}"
+    with redis_py(node) as r:
+        r.execute_command("ACL", "SETUSER", user, "reset", "on", f">{pw_a}", "~*", "+@all")
+    return node, user, pw_a, pw_b
+
+
+def rotation_flags(node: RedisNode, user: str, command: str) -> list[str | int]:
+    # --pipeline 1 and tiny keys: a slow, CPU-bound fill, so it is surely still writing
+    # when the server is paused right after every fill connection is open.
+    return [
+        *node_flags(node), "-u", user, "--password-command", command,
+        "--credential-refresh", "1", "--key-size", 16, "--value-size", 16,
+        "--pipeline", 1, "-f", "--json",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_password_rotation_during_a_fill(
+    rotating: tuple[RedisNode, str, str, str], tmp_path: Path, processes: int
+) -> None:
+    """Add B, swap the file, remove A after the pickup: the fill completes, exact and clean.
+
+    The server is paused (SIGSTOP) from the swap to the pickup, so the rotation surely lands
+    in the middle of the fill; A is removed as soon as the server runs again, so any login
+    or re-AUTH with A after the pickup would be refused (and fail the fill).
+    """
+    node, user, pw_a, pw_b = rotating
+    password = PasswordFile(tmp_path, pw_a)
+    connections = 2 // processes  # two fill connections either way
+    auth_calls, auth_failed = auth_stats(node)
+    fill = start_fill(
+        *rotation_flags(node, user, password.command), "-d", "0.002",
+        "-P", processes, "-n", connections, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        # Every connection open (control + 2 fill connections), logged in with A.
+        wait_for("the fill connections", lambda: fill_connections(node) == 3)
+        with redis_py(node) as r:
+            r.execute_command("ACL", "SETUSER", user, f">{pw_b}")
+        node.pause()
+        try:
+            password.write(pw_b)
+            password.wait_for_a_read()  # the fill has B
+            shown = visible_to_ps(process_tree(fill.pid))
+        finally:
+            node.resume()
+        with redis_py(node) as r:
+            r.execute_command("ACL", "SETUSER", user, f"<{pw_a}")
+        out, err = fill.communicate(timeout=120)
+    finally:
+        if fill.poll() is None:
+            fill.kill()
+            fill.wait()
+    assert fill.returncode == 0, out + err
+    assert "Traceback" not in err
+    for secret in (pw_a, pw_b):
+        assert secret not in out
+        assert secret not in err
+        assert secret not in shown  # not in any process's argv or environment
+    summary = json.loads(out.strip().splitlines()[-1])
+    want = expected_keys(2, 16, 16, jobs=2)
+    assert summary["ok"] is True
+    assert summary["keys"] == summary["dbsize_total"] == want
+    assert dbsize(node) == want
+    # Logged in again in place: the control connection and both fill connections, once each,
+    # and every AUTH the server saw was accepted.
+    assert summary["reauths"] == 3
+    calls, failed = auth_stats(node)
+    logins = 1 + 1 + 2  # the reachability probe, the control and the fill connections
+    assert calls - auth_calls == logins + 3
+    assert failed == auth_failed
+    assert "WRONGPASS" not in error_counts(node)
+
+
+def test_refused_credential_and_failing_command_keep_the_current_login(
+    rotating: tuple[RedisNode, str, str, str], tmp_path: Path
+) -> None:
+    """The command fails, then hands out a password the server refuses: the fill keeps A."""
+    node, user, pw_a, pw_c = rotating
+    password = PasswordFile(tmp_path, pw_a)
+    fill = start_fill(*rotation_flags(node, user, password.command), "-d", "0.002", cwd=tmp_path)
+    try:
+        wait_for("the fill connections", lambda: fill_connections(node) == 3)
+        node.pause()
+        try:
+            password.remove()
+            password.wait_for_a_read()  # it fails: logged as a refresh failure
+            password.write(pw_c)  # never added to the user
+            password.wait_for_a_read()  # the fill has C: refused once the server runs again
+        finally:
+            node.resume()
+        out, err = fill.communicate(timeout=120)
+    finally:
+        if fill.poll() is None:
+            fill.kill()
+            fill.wait()
+    assert fill.returncode == 0, out + err
+    assert "Traceback" not in err
+    assert "credential refresh failed: password command failed" in err
+    assert f"{node.address} refused the new credential" in err
+    for secret in (pw_a, pw_c):
+        assert secret not in out + err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["ok"] is True
+    assert summary["reauths"] == 0
+    assert summary["keys"] == dbsize(node) == expected_keys(2, 16, 16)
+    assert error_counts(node).get("WRONGPASS") == 1  # the control connection's AUTH only
+
+
+def test_a_failing_password_command_stops_before_connecting(redis_plain: RedisNode) -> None:
+    done = run_fill(*node_flags(redis_plain), "--password-command", "echo oops >&2; exit 3",
+                    "-d", "0.001")  # fmt: skip
+    assert done.returncode == 1
+    assert "password command failed (exit 3): oops" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _send(sock: socket.socket, *parts: bytes) -> None:
+    sock.sendall(b"".join(parts))
+
+
+def test_auth_written_under_reply_off(rotating: tuple[RedisNode, str, str, str]) -> None:
+    """What re-AUTH of a fill connection relies on, checked on the real server.
+
+    Under CLIENT REPLY OFF an AUTH gets no reply but applies; a refused one leaves the
+    connection logged in as before and shows in INFO errorstats (what the fill watches).
+    """
+    node, user, pw_a, pw_b = rotating
+    old, new = Credential(user, pw_a), Credential(user, pw_b)
+    before = error_counts(node).get("WRONGPASS", 0)
+    with socket.create_connection((node.host, node.port), timeout=10) as sock:
+        _send(sock, auth_command(old))
+        assert sock.recv(100) == b"+OK\r\n"
+        _send(sock, REPLY_OFF, b"*3\r\n$3\r\nSET\r\n$2\r\nk1\r\n$1\r\nv\r\n")
+        _send(sock, auth_command(Credential(user, "not-the-password")))  # refused, silently
+        with redis_py(node) as r:
+            wait_for("WRONGPASS", lambda: error_counts(node).get("WRONGPASS", 0) == before + 1)
+            r.execute_command("ACL", "SETUSER", user, f">{pw_b}")
+        _send(sock, b"*3\r\n$3\r\nSET\r\n$2\r\nk2\r\n$1\r\nv\r\n", auth_command(new))
+        with redis_py(node) as r:
+            wait_for("the new AUTH", lambda: auth_stats(node)[0] >= 3)
+            r.execute_command("ACL", "SETUSER", user, f"<{pw_a}")
+        _send(sock, b"*3\r\n$3\r\nSET\r\n$2\r\nk3\r\n$1\r\nv\r\n", BARRIER)
+        reply = b""
+        while reply.count(b"\r\n") < 2:
+            data = sock.recv(100)
+            assert data, "the server closed the connection"
+            reply += data
+    assert reply == b"+OK\r\n+PONG\r\n"  # nothing before: every reply was suppressed
+    with redis_py(node) as r:
+        assert sorted(r.keys("k*")) == [b"k1", b"k2", b"k3"]
+    assert error_counts(node).get("WRONGPASS", 0) == before + 1

@@ -1,4 +1,4 @@
-"""Property tests for fill: arithmetic, plans and generated keys (pure; no server)."""
+"""Property tests for fill: arithmetic, plans, generated keys and logins (no server)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from client.credentials import Credential
 from client.errors import ConfigError
+from client.resp import NEED_DATA, RespParser
 from client.slots import SLOTS, key_slot, slot_tags
+from fill.auth import auth_command, login_update, parse_login_update
 from fill.payload import ALPHABET, BatchBuilder, parse_barrier, reference_key
 from fill.plan import (
     FillPlan,
@@ -215,3 +218,27 @@ def test_nth_slot_matches_slot_list(targets: tuple[Target, ...], number: int) ->
         if target.slot_count:
             slots = target.slot_list()
             assert target.nth_slot(number) == slots[number % len(slots)]
+
+
+SECRET_TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
+
+
+@given(SECRET_TEXT, SECRET_TEXT, st.sets(st.integers(0, 15)))
+def test_login_update_round_trips(username: str, password: str, targets: set[int]) -> None:
+    line = login_update(Credential(username, password), targets)
+    assert line.count(b"\n") == 1  # one line on the worker's stdin, whatever the secret
+    cred, got = parse_login_update(line, 16)
+    assert (cred.username, cred.password) == (username, password)
+    assert got == sorted(targets)
+
+
+@given(SECRET_TEXT, SECRET_TEXT)
+def test_auth_command_is_one_command_with_the_secret_verbatim(user: str, password: str) -> None:
+    parser = RespParser()
+    parser.feed(auth_command(Credential(user, password)))
+    value = parser.next_value()
+    assert parser.next_value() is NEED_DATA
+    assert isinstance(value, list)
+    assert value[0] == b"AUTH"
+    assert value[-1] == password.encode()
+    assert len(value) == (2 if user == "default" else 3)

@@ -1,8 +1,9 @@
-"""Fill arithmetic, planning, batch building and flag handling (pure; no server)."""
+"""Fill arithmetic, planning, batch building, logins and flag handling (no server)."""
 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import math
 from collections import Counter
@@ -10,10 +11,23 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import trio
 
-from client.errors import ConfigError
+from client.credentials import Credential, CredentialProvider
+from client.errors import ConfigError, RedisToolkitError
 from client.main import main
+from client.options import PASSWORD_ENV, ServerOptions
+from client.resp import NEED_DATA, RespParser
 from client.slots import key_slot, slot_tags
+from fill.auth import (
+    Logins,
+    auth_args,
+    auth_command,
+    login_from_json,
+    login_json,
+    login_update,
+    parse_login_update,
+)
 from fill.payload import (
     ALPHABET,
     BARRIER,
@@ -41,6 +55,17 @@ from fill.plan import (
     split_evenly,
 )
 from fill.progress import FillProgress, FillSummary, format_bytes, format_duration
+from fill.runner import (
+    _child_env,
+    _child_spec,
+    _follow_logins,
+    _LineReader,
+    _options_from_json,
+    _options_json,
+    _redacted,
+    _Rotation,
+    child_main,
+)
 
 FILL = Path(__file__).resolve().parents[2] / "fill"
 THREE_MASTERS = (
@@ -461,6 +486,21 @@ def test_summary_json_and_text() -> None:
     assert summary.complaints() == []
 
 
+def test_reauths_are_counted_in_children_and_summary() -> None:
+    progress = FillProgress(["a"], [10], [100], started=0.0)
+    progress.count_reauth()
+    progress.absorb(1, {"keys": [1], "bytes": [1], "wire": [1], "reauths": 2})
+    progress.absorb(2, {"keys": [1], "bytes": [1], "wire": [1]})  # an older worker: none
+    assert progress.reauths() == 3
+    assert progress.counters()["reauths"] == 3
+    summary = FillSummary(
+        keys=1, payload_bytes=1, wire_bytes=1, seconds=1.0, expected_keys=1, seed=1,
+        flushed=False, reauths=4,
+    )  # fmt: skip
+    assert json.loads(summary.to_json())["reauths"] == 4
+    assert any("4 live connections logged in again" in line for line in summary.text())
+
+
 def test_formatting() -> None:
     assert format_bytes(512) == "512 B"
     assert format_bytes(3 << 20) == "3.0 MB"
@@ -523,3 +563,132 @@ def test_pure_modules_import_no_io(module: str) -> None:
 def test_decimal_gigabytes_are_exact() -> None:
     assert parse_gigabytes(" 0.25 ") == Decimal("0.25")
     assert settings("0.10").gigabytes == "0.1"
+
+
+# --------------------------------------------------------------------------- logins
+
+
+def parse_command(data: bytes) -> list[bytes]:
+    parser = RespParser()
+    parser.feed(data)
+    value = parser.next_value()
+    assert value is not NEED_DATA
+    assert parser.next_value() is NEED_DATA  # exactly one command
+    assert isinstance(value, list)
+    assert all(isinstance(part, bytes) for part in value)
+    return [part for part in value if isinstance(part, bytes)]
+
+
+def test_auth_command_matches_the_handshake_forms() -> None:
+    assert auth_args(Credential("default", "pw")) == ["AUTH", "pw"]
+    assert auth_args(Credential("", "pw")) == ["AUTH", "pw"]
+    assert auth_args(Credential("app", "pw")) == ["AUTH", "app", "pw"]
+    assert parse_command(auth_command(Credential("app", "p w\r\n"))) == [
+        b"AUTH",
+        b"app",
+        b"p w\r\n",
+    ]
+
+
+def test_login_update_round_trip_and_errors() -> None:
+    cred = Credential("app", "secret")
+    line = login_update(cred, [2, 0])
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    got, targets = parse_login_update(line, 3)
+    assert (got.username, got.password, targets) == ("app", "secret", [0, 2])
+    for bad in (b"[]", b'{"targets": [0]}', b"not json"):
+        with pytest.raises(ValueError):
+            parse_login_update(bad, 3)
+    for targets_ in ([3], [-1], [True], "0"):
+        bad = json.dumps({"login": login_json(cred), "targets": targets_}).encode()
+        with pytest.raises(ValueError):
+            parse_login_update(bad, 3)
+    with pytest.raises(ValueError):
+        login_from_json({"username": "u", "password": 5})
+
+
+def test_logins_change_by_identity() -> None:
+    a, b = Credential("u", "a"), Credential("u", "b")
+    logins = Logins([a, a])
+    held = logins.get(1)
+    logins.accept(1, b)
+    assert logins.get(0) is a
+    assert logins.get(1) is not held  # what a fill connection compares between two chunks
+    assert len(logins) == 2
+    assert sorted(logins.secrets()) == ["a", "b"]
+
+
+def test_worker_plan_carries_the_logins_and_nothing_else_does() -> None:
+    settings = settings_from_flags(data="0.01", flush=False, seed=1, processes=2)
+    plan = build_plan(settings, [Target("h:1")], cluster=False)
+    opts = ServerOptions(host="h", port=1, username="app", password="s3cret")
+    line = _child_spec(plan, [opts], Logins([Credential("app", "s3cret")]))
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1  # one line: login updates follow it
+    spec = json.loads(line)
+    assert spec["logins"] == [{"username": "app", "password": "s3cret"}]
+    assert "s3cret" not in json.dumps(spec["nodes"])
+    assert "password" not in _options_json(opts)
+    assert _options_from_json(_options_json(opts)).password is None
+
+
+def test_worker_environment_has_no_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "s3cret")
+    assert PASSWORD_ENV not in _child_env()
+
+
+def test_errors_are_redacted() -> None:
+    rotation = _Rotation(CredentialProvider.static("app", "s3cret"))
+    rotation.logins = Logins([Credential("app", "n3wer")])
+    error = _redacted(
+        RedisToolkitError("login with s3cret and n3wer failed", hint="not n3wer"), rotation
+    )
+    assert "s3cret" not in str(error)
+    assert "n3wer" not in str(error)
+    assert str(error) == "login with *** and *** failed (hint: not ***)"
+
+
+async def feed(lines: list[bytes]) -> _LineReader:
+    send, receive = trio.testing.memory_stream_pair()
+    await send.send_all(b"".join(lines))
+    await send.aclose()
+    return _LineReader(receive)
+
+
+async def test_line_reader_splits_and_bounds() -> None:
+    reader = await feed([b"one\ntw", b"o\n", b"last"])
+    assert [await reader.readline() for _ in range(4)] == [b"one", b"two", b"last", None]
+    reader = _LineReader((await feed([b"x" * 100]))._stream, limit=10)
+    with pytest.raises(ValueError):
+        await reader.readline()
+
+
+async def test_worker_follows_login_updates() -> None:
+    a, b = Credential("u", "a"), Credential("u", "b")
+    logins = Logins([a, a, a])
+    seen: list[str] = []
+    same = login_update(Credential("u", "a"), [0])  # unchanged: no AUTH for nothing
+    await _follow_logins(await feed([same, b"\n", login_update(b, [1, 2])]), logins, seen)
+    assert logins.get(0) is a
+    assert [logins.get(i).password for i in (1, 2)] == ["b", "b"]
+    assert seen == ["a", "b"]
+    with pytest.raises(RedisToolkitError, match="bad login update"):
+        await _follow_logins(await feed([b'{"login": 1}\n']), logins, seen)
+
+
+async def test_worker_reports_a_bad_plan_without_its_secrets() -> None:
+    spec = {"logins": [{"username": "u", "password": "s3cret"}], "settings": "s3cret"}
+    out = io.StringIO()
+    stdin = await feed([json.dumps(spec).encode() + b"\n"])
+    assert await child_main(3, stdin._stream, out=out) == 2
+    report = json.loads(out.getvalue())
+    assert "fill worker process 3: bad plan on stdin" in report["error"]
+    assert "s3cret" not in out.getvalue()
+
+
+def test_help_lists_credential_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fill", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--password-command", "--entra", "--credential-refresh"):
+        assert flag in out
