@@ -20,11 +20,12 @@ from importlib.metadata import entry_points
 
 from client.errors import ConfigError, RedisToolkitError
 
-__all__ = ["Mode", "load_modes", "main"]
+__all__ = ["Mode", "find_mode", "load_modes", "main"]
 
 ENTRY_POINT_GROUP = "redis_client.modes"
 _FALLBACK = {
     "tunn": "tunnel.main:MODE",
+    "tunnel": "tunnel.main:MODE",
     "cli": "client.shell:MODE",
     "fill": "fill.main:MODE",
     "azure": "client.azure:MODE",
@@ -75,6 +76,21 @@ def load_modes() -> dict[str, Mode]:
     return modes
 
 
+def find_mode(name: str) -> Mode | None:
+    """The mode called ``name`` (or an alias), importing only that mode's module.
+
+    Start-up time matters (fill and the CLI are often run in loops), so the built-in modes are
+    looked up by name without scanning entry points or importing the other modes.
+    """
+    spec = _FALLBACK.get(name)
+    if spec is None:
+        spec = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}.get(name)
+    mode = _load(spec) if spec is not None else None
+    if mode is not None and name in (mode.name, *mode.aliases):
+        return mode
+    return load_modes().get(name)
+
+
 def _usage(modes: dict[str, Mode]) -> str:
     lines = ["usage: redis-client MODE [options]   (redis-client MODE --help for its options)", ""]
     lines.append("modes:")
@@ -100,13 +116,12 @@ def build_parser(mode: Mode) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``redis-client`` and return its exit status (the console script exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    modes = load_modes()
     if not args or args[0] in ("--help", "help"):
-        print(_usage(modes), file=sys.stdout if args else sys.stderr)
+        print(_usage(load_modes()), file=sys.stdout if args else sys.stderr)
         return 0 if args else 2
-    mode = modes.get(args[0])
+    mode = find_mode(args[0])
     if mode is None:
-        print(f"redis-client: unknown mode {args[0]!r}\n{_usage(modes)}", file=sys.stderr)
+        print(f"redis-client: unknown mode {args[0]!r}\n{_usage(load_modes())}", file=sys.stderr)
         return 2
     parser = build_parser(mode)
     try:

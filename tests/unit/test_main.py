@@ -79,3 +79,15 @@ def test_readme_test_command_is_what_ci_runs() -> None:
         pos = found
     for package in ("redis-server", "redis-tools", "stunnel4"):
         assert package in ci
+
+
+def test_a_mode_starts_without_importing_the_others() -> None:
+    code = (
+        "import sys; from client.main import find_mode; "
+        "assert find_mode('fill').name == 'fill'; assert find_mode('tunnel').name == 'tunn'; "
+        "assert 'client.shell' not in sys.modules, 'cli imported'; print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr
