@@ -547,6 +547,11 @@ class CredentialProvider:
                     self._install(fresh)
                     attempt = 0
                     next_at = fresh.refresh_at
+                elif fresh.expires_at is None and self._refresh_every:
+                    # A fixed-period secret whose command took longer than the period: keep
+                    # the period rather than backing off.
+                    attempt = 0
+                    next_at = now + self._refresh_every
                 else:
                     attempt += 1
                     next_at = now + self._backoff(attempt, fresh)

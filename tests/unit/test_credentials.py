@@ -451,6 +451,31 @@ async def test_periodic_refresh_of_an_opaque_password(
     assert source.calls == 3
 
 
+async def test_slow_unchanged_command_keeps_its_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A command slower than --credential-refresh that returns the same secret keeps the period
+    (no exponential back-off): it runs once per period plus its own run time."""
+
+    class SlowSource(FakeSource):
+        async def __call__(self) -> str:
+            await trio.sleep(3)
+            return await super().__call__()
+
+    source = SlowSource("a")
+    provider = fake_provider(source, username="u", refresh_every=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.serve_refresh, _ignore)
+        await trio.sleep(100)
+        nursery.cancel_scope.cancel()
+    # One fetch every 2 s of waiting + 3 s of running: about 20 in 100 s (back-off would give ~6).
+    assert 18 <= source.calls <= 22
+
+
+async def _ignore(cred: Credential) -> None:
+    return None
+
+
 async def test_command_without_refresh_runs_once(autojump_clock: trio.testing.MockClock) -> None:
     source = FakeSource("a", "b")
     provider = fake_provider(source, username="u")
