@@ -22,7 +22,7 @@ import pytest
 import redis
 import redis.cluster
 import trio
-from servers import redis_py_cluster
+from servers import redis_py_cluster, skip_or_fail
 
 from client.credentials import Credential, CredentialProvider
 from client.embedded import LocalCluster, RedisNode
@@ -507,7 +507,7 @@ async def test_cluster_commands_show_one_node(smart: Smart) -> None:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} not installed")
+        skip_or_fail(f"{name} not installed")
     return path
 
 

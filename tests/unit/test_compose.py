@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import skip_or_fail
 
 from certs import CertPaths
 
@@ -520,7 +521,7 @@ def node_server(
     """redis-server running the compose node configuration (paths and port adapted)."""
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed")
+        skip_or_fail("redis-server is not installed")
     port = _free_port_with_bus()
     config = node_config(services["redis-1"])
     config = (
@@ -553,7 +554,7 @@ def test_node_configuration_runs(
     port, certs, process = node_server
     cli = shutil.which("redis-cli")
     if cli is None:
-        pytest.skip("redis-cli is not installed")
+        skip_or_fail("redis-cli is not installed")
     base = [cli, "--tls", "--cacert", str(certs.ca), "-h", "127.0.0.1", "-p", str(port)]
     env = {**os.environ, "REDISCLI_AUTH": PASSWORD}
     reply = ""
