@@ -70,6 +70,21 @@ async def replicate(client: ClusterClient) -> None:
         assert await client.execute_on(master, "WAIT", want, 5000) == want
 
 
+async def replica_serves(
+    client: ClusterClient, index: int, name: str, value: bytes
+) -> tuple[Node, Node, str]:
+    """Write ``value`` on master ``index``, wait for replication, and check that a read of it
+    is served by that master's replica. Returns (master, replica, key)."""
+    master = client.topology.masters()[index]
+    replica = replica_of(client, master)
+    key = key_on(master, name)
+    await client.execute("SET", key, value)
+    await replicate(client)
+    reply, node = await client.request_routed("GET", key)
+    assert (reply, node.id) == (value, replica.id)
+    return master, replica, key
+
+
 # --------------------------------------------------------------------------- session cluster
 
 
@@ -349,13 +364,7 @@ async def test_paused_replica_does_not_hang_reads_forever(redis_factory: Any) ->
             refresh_interval=0,
             refresh_timeout=1.0,
         ) as client:
-            master = client.topology.masters()[2]
-            replica = replica_of(client, master)
-            key = key_on(master, "paused")
-            await client.execute("SET", key, "p")
-            await replicate(client)
-            reply, node = await client.request_routed("GET", key)
-            assert (reply, node.id) == (b"p", replica.id)
+            master, replica, key = await replica_serves(client, 2, "paused", b"p")
             address = client.options_for(replica).address
 
             paused = cluster.node_by_port(replica.port)
@@ -397,13 +406,7 @@ async def test_read_without_deadline_on_a_paused_replica_fails_over(redis_factor
             refresh_interval=1.0,
             refresh_timeout=1.0,
         ) as client:
-            master = client.topology.masters()[1]
-            replica = replica_of(client, master)
-            key = key_on(master, "no-deadline")
-            await client.execute("SET", key, "n")
-            await replicate(client)
-            reply, node = await client.request_routed("GET", key)
-            assert (reply, node.id) == (b"n", replica.id)
+            master, replica, key = await replica_serves(client, 1, "no-deadline", b"n")
             paused = cluster.node_by_port(replica.port)
             paused.pause()
             try:

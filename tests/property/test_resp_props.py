@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from resp_equality import same
 
 from client.errors import RespProtocolError
 from client.resp import (
@@ -67,22 +68,6 @@ def _aggregates(children: st.SearchStrategy[RespValue]) -> st.SearchStrategy[Res
 # Any RESP value, nested (st.recursive: leaves are scalars, branches every aggregate type,
 # including attributes in any position).
 resp_values: st.SearchStrategy[RespValue] = st.recursive(scalars, _aggregates, max_leaves=25)
-
-
-def same(a: object, b: object) -> bool:
-    """Equality that also compares types (``True != 1``, ``b"OK" != SimpleString(b"OK")``)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        assert isinstance(b, list)
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, tuple):
-        assert isinstance(b, tuple)
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Attributed):
-        assert isinstance(b, Attributed)
-        return same(a.attributes, b.attributes) and same(a.value, b.value)
-    return a == b
 
 
 def downgrade(v: RespValue) -> RespValue:

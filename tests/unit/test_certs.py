@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from servers import skip_or_fail
 
 from certs import CertPaths, generate
 from certs.__main__ import main
@@ -169,13 +170,13 @@ def test_mutual_tls_handshake_verifies(pki: CertPaths, name: str) -> None:
 
 def test_handshake_over_ipv6_loopback(pki: CertPaths) -> None:
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 in this Python build")
+        skip_or_fail("no IPv6 in this Python build")
     try:
         socket.socket(socket.AF_INET6).close()
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
     except OSError:
-        pytest.skip("::1 not available on this machine")
+        skip_or_fail("::1 not available on this machine")
     seen = _handshake(pki, pki, server_hostname="::1", family=socket.AF_INET6)
     assert "peer" in seen
 

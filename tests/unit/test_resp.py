@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import pytest
+from resp_equality import same
 
 import client.resp as resp_module
 from client.errors import RespProtocolError
@@ -41,22 +42,6 @@ from client.values import (
     SimpleString,
     Verbatim,
 )
-
-
-def same(a: object, b: object) -> bool:
-    """Equality that also compares types (``True != 1``, ``b"OK" != SimpleString(b"OK")``)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        assert isinstance(b, list)
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, tuple):
-        assert isinstance(b, tuple)
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Attributed):
-        assert isinstance(b, Attributed)
-        return same(a.attributes, b.attributes) and same(a.value, b.value)
-    return a == b
 
 
 def drain(parser: RespParser) -> list[RespValue]:
